@@ -1,0 +1,6 @@
+"""evaluate: (being written)."""
+from gristmill.config import Config
+
+
+class EvaluateConfig(Config):
+    pass

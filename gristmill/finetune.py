@@ -1,0 +1,6 @@
+"""finetune: (being written)."""
+from gristmill.config import Config
+
+
+class FinetuneConfig(Config):
+    pass

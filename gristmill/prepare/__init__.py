@@ -1,0 +1,6 @@
+"""prepare: (being written)."""
+from gristmill.config import Config
+
+
+class PrepareConfig(Config):
+    pass

@@ -1,0 +1,6 @@
+"""report: (being written)."""
+from gristmill.config import Config
+
+
+class ReportConfig(Config):
+    pass

@@ -1,0 +1,6 @@
+"""serve: (being written)."""
+from gristmill.config import Config
+
+
+class ServeConfig(Config):
+    pass

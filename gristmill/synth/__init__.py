@@ -1,0 +1,6 @@
+"""synth: (being written)."""
+from gristmill.config import Config
+
+
+class SynthConfig(Config):
+    pass

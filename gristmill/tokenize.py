@@ -1,0 +1,6 @@
+"""tokenize: (being written)."""
+from gristmill.config import Config
+
+
+class TokenizeConfig(Config):
+    pass

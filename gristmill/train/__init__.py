@@ -1,0 +1,6 @@
+"""train: (being written)."""
+from gristmill.config import Config
+
+
+class TrainConfig(Config):
+    pass
