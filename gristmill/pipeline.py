@@ -58,7 +58,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("prepare", "gristmill.prepare:run_prepare", ("collect",),
           "normalise, clean, filter, deduplicate and split documents"),
     Stage("synth", "gristmill.synth:run_synth", ("prepare",), "make synthetic chat data from documents"),
-    Stage("tokenize", "gristmill.tokenize:run_tokenize", ("prepare", "synth"),
+    Stage("tokenize", "gristmill.tokenize:run_tokenize", ("prepare",),
           "train a byte-level BPE tokenizer and write token files"),
     Stage("train", "gristmill.train:run_train", ("tokenize",), "pre-train the transformer", resumable=True),
     Stage("evaluate", "gristmill.evaluate:run_evaluate", ("train", "tokenize"),
