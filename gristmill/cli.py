@@ -1,0 +1,161 @@
+"""The command line: it parses arguments and calls library functions, nothing more.
+
+    gristmill run RECIPE [--set key=value ...] [--force STAGE]   every stage, cached
+    gristmill <stage> RECIPE [--set ...] [--force]              one stage (collect, prepare, ...)
+    gristmill serve RUN_DIR [--port 8000] [--api-key KEY]        OpenAI-compatible server + chat page
+    gristmill generate RUN_DIR --prompt TEXT [--chat]            sample from the command line
+    gristmill recipes | gristmill show RECIPE [--set ...]        list / print resolved recipes
+
+User mistakes (bad recipe key, missing input) print one line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from gristmill import __version__
+from gristmill.errors import GristmillError
+
+Command = Callable[[argparse.Namespace], int]
+COMMANDS: dict[str, tuple[Command, str, Callable[[argparse.ArgumentParser], None]]] = {}
+
+
+def command(name: str, help: str, args: Callable[[argparse.ArgumentParser], None] = lambda p: None):
+    def register(fn: Command) -> Command:
+        COMMANDS[name] = (fn, help, args)
+        return fn
+
+    return register
+
+
+def _recipe_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipe", help="recipe YAML file, or a built-in recipe name (see `gristmill recipes`)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe key, e.g. --set train.max_steps=100 (repeatable)")
+    p.add_argument("--name", help="run name (default: the recipe's name); outputs go to runs/<name>/")
+
+
+def _load(args: argparse.Namespace):
+    from gristmill.recipe import load_recipe
+
+    overrides = list(args.overrides)
+    if getattr(args, "name", None):
+        overrides.append(f"name={args.name}")
+    return load_recipe(args.recipe, overrides)
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
+    _recipe_args(p)
+    p.add_argument("--force", metavar="STAGE", help="re-run this stage and every stage after it")
+    p.add_argument("--only", action="append", metavar="STAGE", help="run only these stages (repeatable)")
+
+
+@command("run", "run every stage of a recipe (stages whose inputs are unchanged are skipped)", _run_args)
+def cmd_run(args: argparse.Namespace) -> int:
+    from gristmill.pipeline import run_pipeline
+
+    recipe = _load(args)
+    manifests = run_pipeline(recipe, only=args.only, force_from=args.force)
+    print_summary(recipe, manifests)
+    return 0
+
+
+def print_summary(recipe: Any, manifests: dict[str, dict[str, Any]]) -> None:
+    run_dir = recipe.run_dir
+    lines = [f"\nRun '{recipe.name}' is in {run_dir}/"]
+    ev = manifests.get("evaluate", {}).get("stats", {})
+    ft = manifests.get("finetune", {}).get("stats", {})
+    if "bits_per_byte" in ev:
+        lines.append(f"  base model        validation bits per byte {ev['bits_per_byte']:.3f}"
+                     f" (loss {ev.get('loss', float('nan')):.3f}, perplexity {ev.get('perplexity', float('nan')):.1f})")
+    for key in ("bits_per_byte_after", "lm_bits_per_byte_after"):
+        if key in ft:
+            lines.append(f"  fine-tuned model  validation bits per byte {ft[key]:.3f}")
+            break
+    for stage in ("finetune", "train"):
+        if (run_dir / stage / "model").is_dir():
+            lines.append(f"  model   {run_dir / stage / 'model'}/")
+            break
+    if (run_dir / "report" / "report.md").exists():
+        lines.append(f"  report  {run_dir / 'report' / 'report.md'}")
+    lines.append(f"  serve   gristmill serve {run_dir}   (then open http://127.0.0.1:{recipe.serve.port}/)")
+    lines.append(f"  sample  gristmill generate {run_dir} --chat --prompt 'Who was Hamlet?'")
+    print("\n".join(lines))
+
+
+def _stage_command(name: str, help: str) -> None:
+    def args(p: argparse.ArgumentParser) -> None:
+        _recipe_args(p)
+        p.add_argument("--force", action="store_true", help="re-run even if the cached output is current")
+
+    def fn(a: argparse.Namespace) -> int:
+        from gristmill.pipeline import run_stage, stage
+
+        recipe = _load(a)
+        recipe.run_dir.mkdir(parents=True, exist_ok=True)
+        m = run_stage(recipe, stage(name), force=a.force)
+        print(f"{name}: {recipe.run_dir / name}/ ({m['wall_time_s']:.1f}s)")
+        return 0
+
+    command(name, help, args)(fn)
+
+
+def _show_args(p: argparse.ArgumentParser) -> None:
+    _recipe_args(p)
+
+
+@command("show", "print a recipe with every default filled in, as YAML", _show_args)
+def cmd_show(args: argparse.Namespace) -> int:
+    import yaml
+
+    from gristmill.recipe import recipe_dict
+
+    print(yaml.safe_dump(recipe_dict(_load(args)), sort_keys=False), end="")
+    return 0
+
+
+@command("recipes", "list the built-in recipes")
+def cmd_recipes(args: argparse.Namespace) -> int:
+    from gristmill.config import builtin_recipes
+
+    for name in builtin_recipes():
+        print(name)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from gristmill.pipeline import STAGES
+
+    for st in STAGES:
+        if st.name not in COMMANDS:
+            _stage_command(st.name, st.help)
+    parser = argparse.ArgumentParser(prog="gristmill", description="From raw data to a served generative model.")
+    parser.add_argument("--version", action="version", version=f"gristmill {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, (fn, help, add_args) in COMMANDS.items():
+        p = sub.add_parser(name, help=help, description=help)
+        add_args(p)
+        p.set_defaults(func=fn)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except GristmillError as e:
+        print(f"gristmill: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("gristmill: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
