@@ -9,7 +9,6 @@ The special tokens sit at fixed ids (``<|endoftext|>`` = 0, ``<|im_start|>`` = 1
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -87,6 +86,12 @@ def load_tokenizer(path_or_dir: str | Path) -> Tokenizer:
     return tok
 
 
+def save_tokenizer(tok: Tokenizer, path: Path) -> None:
+    """Write ``tokenizer.json`` atomically (``Tokenizer.save`` writes in place)."""
+    with atomic_open(Path(path), "w", encoding="utf-8") as f:
+        f.write(tok.to_str())
+
+
 def _check_specials(tok: Tokenizer, where: str) -> None:
     for i, s in enumerate(SPECIAL_TOKENS):
         if tok.token_to_id(s) != i:
@@ -158,8 +163,7 @@ def run_tokenize(ctx: StageContext, cfg: TokenizeConfig) -> dict[str, Any]:
     tok = train_tokenizer(_texts(paths["train"], cfg.train_bytes), cfg.vocab_size, cfg.min_frequency)
     train_s = time.time() - t0
     vocab = tok.get_vocab_size()
-    tok.save(str(ctx.out_dir / TOKENIZER_FILE))  # Tokenizer.save writes in place; re-written atomically below
-    _rewrite_atomically(ctx.out_dir / TOKENIZER_FILE)
+    save_tokenizer(tok, ctx.out_dir / TOKENIZER_FILE)
     ctx.log(f"[tokenize] trained a {vocab}-token BPE in {train_s:.1f}s")
 
     dtype = token_dtype(vocab)
@@ -183,10 +187,3 @@ def run_tokenize(ctx: StageContext, cfg: TokenizeConfig) -> dict[str, Any]:
         "encode_s": round(encode_s, 3),
     }
 
-
-def _rewrite_atomically(path: Path) -> None:
-    # Normalise the JSON (sorted keys are not used: the library's field order is kept) and replace it
-    # through a temp file, so a half-written tokenizer.json never sits under its final name on resume.
-    data = json.loads(path.read_text(encoding="utf-8"))
-    with atomic_open(path, "w", encoding="utf-8") as f:
-        json.dump(data, f, ensure_ascii=False)
