@@ -1,0 +1,142 @@
+"""Where device, precision, seeds, threads and the distributed process group are resolved: once, here.
+
+Stages call these functions and pass the results down; nothing here runs at import time. The rule for
+precision is one code path: on CUDA, bf16 autocast (and torch.compile when asked for "auto"); on CPU,
+plain fp32 and eager mode.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from gristmill.errors import ConfigError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``"auto"`` -> cuda when available, else cpu; ``"cuda"`` without a GPU is a ConfigError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device '{name}' was asked for but CUDA is not available; use device: auto or cpu")
+    if name.startswith("mps") and not torch.backends.mps.is_available():
+        raise ConfigError(f"device '{name}' was asked for but MPS is not available; use device: auto or cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as e:
+        raise ConfigError(f"unknown device '{name}' (use auto, cpu, cuda or cuda:N)") from e
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's (all devices) random generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA; a no-op on CPU (fp32 there: CPU bf16 matmuls are slow or inexact)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def should_compile(setting: str | bool, device: torch.device) -> bool:
+    """torch.compile policy: "auto" compiles on CUDA only (compile time does not pay off on CPU)."""
+    if isinstance(setting, bool):
+        return setting
+    if setting == "auto":
+        return device.type == "cuda"
+    return setting in ("true", "on", "yes")
+
+
+def set_threads(n: int | None) -> None:
+    """Intra-op CPU threads (None or 0 leaves torch's default)."""
+    if n:
+        torch.set_num_threads(n)
+
+
+def rng_state() -> dict[str, object]:
+    """All random generator states, for exact resume (torch CPU/CUDA as tensors, the rest as JSON-able)."""
+    state: dict[str, object] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(legacy=False),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, object]) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))  # JSON turns the tuples into lists
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ----------------------------------------------------------------------------------------------------
+# Distributed (torchrun): RANK / LOCAL_RANK / WORLD_SIZE come from the environment torchrun sets.
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Only rank 0 writes files, logs and shows progress."""
+        return self.rank == 0
+
+
+def dist_from_env() -> Dist:
+    return Dist(int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)),
+                int(os.environ.get("WORLD_SIZE", 1)))
+
+
+def init_distributed(device_name: str = "auto") -> tuple[Dist, torch.device]:
+    """Join the torchrun process group if there is one (nccl on CUDA, gloo on CPU); pick this rank's device."""
+    d = dist_from_env()
+    device = resolve_device(device_name)
+    if d.enabled:
+        import torch.distributed as tdist
+
+        if device.type == "cuda":
+            device = torch.device("cuda", d.local_rank)
+            torch.cuda.set_device(device)
+        if not tdist.is_initialized():
+            tdist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return d, device
+
+
+def shutdown_distributed() -> None:
+    import torch.distributed as tdist
+
+    if tdist.is_available() and tdist.is_initialized():
+        tdist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def main_process_first(d: Dist) -> Iterator[None]:
+    """Rank 0 runs the body first (e.g. writing a file); the others wait, then run it."""
+    import torch.distributed as tdist
+
+    if d.enabled and not d.is_main:
+        tdist.barrier()
+    yield
+    if d.enabled and d.is_main:
+        tdist.barrier()
