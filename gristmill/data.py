@@ -71,6 +71,8 @@ class StepStats:
     name: str
     seen: int = 0
     kept: int = 0
+    changed: int = 0
+    """Kept documents whose text the step rewrote (normalisers, cleaners, redactors)."""
     dropped: Counter = field(default_factory=Counter)
     quarantine: Callable[[Document, str, str], None] | None = None
 
@@ -80,7 +82,8 @@ class StepStats:
             self.quarantine(doc, self.name, reason)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"seen": self.seen, "kept": self.kept, "dropped": dict(sorted(self.dropped.items()))}
+        return {"seen": self.seen, "kept": self.kept, "changed": self.changed,
+                "dropped": dict(sorted(self.dropped.items()))}
 
 
 class Step(Protocol):
