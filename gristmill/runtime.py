@@ -140,3 +140,52 @@ def main_process_first(d: Dist) -> Iterator[None]:
     yield
     if d.enabled and d.is_main:
         tdist.barrier()
+
+
+# ----------------------------------------------------------------------------------------------------
+# The resolved runtime a training loop is handed.
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    dist: Dist
+    compile: bool
+    """torch.compile the model (resolved from "auto": CUDA only)."""
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return autocast(self.device)
+
+    @property
+    def dtype_name(self) -> str:
+        return "bf16-autocast" if self.device.type == "cuda" else "fp32"
+
+
+def setup_runtime(device: str = "auto", compile: str | bool = "auto", threads: int | None = None,
+                  seed: int = 0) -> Runtime:
+    """Resolve device, precision, compile policy and threads, join torchrun's process group if any, and
+    seed every generator (the same seed on every rank, so all ranks build the same initial model)."""
+    set_threads(threads)
+    d, dev = init_distributed(device)
+    seed_everything(seed)
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return Runtime(dev, d, should_compile(compile, dev))
+
+
+def current_rss_mb() -> float:
+    """Resident memory of this process now, in MB (Linux /proc; falls back to the peak elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+    except (OSError, ValueError, IndexError):
+        return peak_rss_mb()
+
+
+def peak_rss_mb() -> float:
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1e6 if sys.platform == "darwin" else peak / 1e3

@@ -1,0 +1,104 @@
+"""Training configs. ``OptimConfig`` (optimiser and schedule) < ``LoopConfig`` (the loop: batches, budget,
+evaluation, checkpoints, tracking, runtime) < ``TrainConfig`` (pre-training: adds the model). Fine-tuning
+can subclass ``LoopConfig`` and reuse ``gristmill.train.fit`` unchanged, so both stages take the same keys.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from gristmill.config import Config
+from gristmill.model import ModelConfig
+
+
+class OptimConfig(Config):
+    """Optimiser, learning-rate schedule and gradient clipping."""
+
+    optimizer: Literal["adamw", "muon"] = "adamw"
+    """``adamw`` for every parameter, or ``muon`` for the hidden weight matrices with AdamW for the
+    embeddings, output head and norm gains."""
+    lr: float = Field(3e-3, gt=0)
+    """Peak AdamW learning rate (with ``muon``: the rate of the embeddings, head and gains)."""
+    matrix_lr: float = Field(0.02, gt=0)
+    """Peak Muon learning rate of the hidden matrices (``optimizer: muon`` only)."""
+    muon_momentum: float = Field(0.95, ge=0, lt=1)
+    """Muon's (Nesterov) momentum."""
+    weight_decay: float = Field(0.1, ge=0)
+    """Decoupled weight decay on weight matrices (embeddings and head included); never on norm gains."""
+    beta1: float = Field(0.9, ge=0, lt=1)
+    """AdamW's first-moment decay."""
+    beta2: float = Field(0.95, ge=0, lt=1)
+    """AdamW's second-moment decay."""
+    grad_clip: float = Field(1.0, ge=0)
+    """Clip the global gradient norm to this (0 = no clipping)."""
+    schedule: Literal["cosine", "wsd", "constant"] = "cosine"
+    """Learning-rate shape after warm-up: cosine decay, warm-up-stable-decay (flat, then a linear decay
+    over the last ``decay_frac`` of the run), or constant."""
+    warmup_steps: int = Field(100, ge=0)
+    """Linear warm-up from 0 over this many optimiser steps."""
+    decay_frac: float = Field(0.3, ge=0, le=1)
+    """``wsd``: the fraction of the run (by steps, or by time under a time budget) spent decaying."""
+    min_lr_frac: float = Field(0.1, ge=0, le=1)
+    """The learning rate at the end of the decay, as a fraction of the peak."""
+
+
+class LoopConfig(OptimConfig):
+    """The training loop shared by pre-training and fine-tuning."""
+
+    max_steps: int = Field(1000, ge=0)
+    """Optimiser steps to run (the schedule's length unless a time budget ends the run first)."""
+    time_budget: float | None = Field(None, gt=0)
+    """Wall-clock seconds for the whole stage: training stops early enough to still do the final
+    evaluation and checkpoint; the schedule follows the elapsed fraction of the budget when that is ahead
+    of the step fraction. None = no budget."""
+    batch_size: int = Field(32, ge=1)
+    """Sequences per optimiser step, over all processes and accumulation steps."""
+    micro_batch_size: int | None = Field(None, ge=1)
+    """Sequences per forward pass per process; gradient accumulation makes up the rest of batch_size
+    (None = batch_size / processes, no accumulation)."""
+    eval_every: int = Field(200, ge=0)
+    """Validate every this many steps (0 = only at the end)."""
+    eval_tokens: int | None = Field(65536, ge=1)
+    """Validation tokens used by periodic evaluations (None = the whole split); the final one uses all."""
+    eval_batch_size: int = Field(32, ge=1)
+    """Sequences per forward pass when validating."""
+    checkpoint_every: int = Field(200, ge=0)
+    """Write a resumable checkpoint every this many steps (0 = only at the end)."""
+    keep_checkpoints: int = Field(2, ge=1)
+    """How many step checkpoints to keep (older ones are deleted once a newer one is complete)."""
+    early_stopping_patience: int | None = Field(None, ge=1)
+    """Stop after this many evaluations without a new best validation loss; the best weights become the
+    output model (None = off)."""
+    early_stopping_min_delta: float = Field(0.0, ge=0)
+    """An evaluation must beat the best validation loss by more than this to count as better."""
+    log_every: int = Field(10, ge=1)
+    """Write a metrics.jsonl record (and update trackers) every this many steps."""
+    tensorboard: bool = False
+    """Also log to TensorBoard (``<stage>/tensorboard/``; needs the ``tracking`` extra)."""
+    mlflow: bool = False
+    """Also log to MLflow with a local SQLite store (``<stage>/mlflow.db``; needs the ``tracking`` extra)."""
+    progress: bool = True
+    """Show a progress bar (loss, tokens/s, ETA) on rank 0."""
+    device: str = "auto"
+    """``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``."""
+    compile: Literal["auto", "on", "off"] = "auto"
+    """torch.compile the model: ``auto`` = on with CUDA, off on CPU."""
+    threads: int | None = Field(None, ge=1)
+    """CPU threads for torch (None = torch's default)."""
+    distributed: Literal["ddp", "fsdp"] = "ddp"
+    """Under torchrun: data parallel with replicated weights (``ddp``) or sharded ones (``fsdp``, AdamW only)."""
+
+    @model_validator(mode="after")
+    def _check_muon_fsdp(self) -> LoopConfig:
+        if self.optimizer == "muon" and self.distributed == "fsdp":
+            raise ValueError("optimizer muon needs whole matrices: use distributed: ddp with it")
+        return self
+
+
+class TrainConfig(LoopConfig):
+    """Pre-training the transformer on the tokenize stage's token files."""
+
+    model: ModelConfig = ModelConfig()
+    """The model's shape and options; ``vocab_size`` is taken from the tokenizer's meta.json."""
