@@ -122,7 +122,7 @@ class FilesReader:
             for lineno, raw in enumerate(f, 1):
                 record = str(lineno)
                 try:
-                    line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+                    line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8").rstrip("\r\n")
                 except UnicodeDecodeError as e:
                     detail = f"line {lineno} is not UTF-8: byte 0x{raw[e.start]:02x} at column {e.start + 1}"
                     stats.drop(self._stub(path, record, detail), "undecodable")
