@@ -1,6 +1,24 @@
-"""serve: (being written)."""
-from gristmill.config import Config
+"""serve: an OpenAI-compatible HTTP server for a trained model, with a chat page at ``/``.
+
+``ServeConfig`` is imported eagerly (recipes need it); the app itself (FastAPI, the model) loads only
+when ``create_app`` or ``serve`` is first used.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from gristmill.serve.config import ServeConfig
+
+if TYPE_CHECKING:
+    from gristmill.serve.app import create_app, serve
+
+__all__ = ["ServeConfig", "create_app", "serve"]
 
 
-class ServeConfig(Config):
-    pass
+def __getattr__(name: str) -> Any:
+    if name in ("create_app", "serve"):
+        from gristmill.serve import app
+
+        return getattr(app, name)
+    raise AttributeError(f"module 'gristmill.serve' has no attribute {name!r}")

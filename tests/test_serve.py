@@ -1,0 +1,248 @@
+"""serve: real HTTP against uvicorn on a loopback port: OpenAI-shaped completions and chat, streaming, auth."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from test_generate import tiny_model_dir  # noqa: F401  (the shared tiny-model fixture)
+
+from gristmill.chat import encode_chat
+from gristmill.generate import SamplingParams, generate, load_for_inference
+from gristmill.serve import ServeConfig, create_app
+
+KEY = "test-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """uvicorn in a background thread, stopped (and joined) when the test module ends."""
+
+    def __init__(self, app) -> None:
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.server.started:
+            assert self.thread.is_alive() and time.time() < deadline, "uvicorn did not start"
+            time.sleep(0.05)
+        return f"http://127.0.0.1:{self.port}"
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def base(tiny_model_dir: Path) -> Iterator[str]:  # noqa: F811
+    app = create_app(tiny_model_dir, ServeConfig(api_key=KEY, max_tokens=16, device="cpu"))
+    with Server(app) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def client(base: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=base, headers=AUTH, timeout=30) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_model_dir: Path):  # noqa: F811
+    return load_for_inference(tiny_model_dir, "cpu")
+
+
+def sse(response: httpx.Response) -> list:
+    """The parsed data lines of a server-sent-event stream, ending with the literal '[DONE]'."""
+    out = []
+    for line in response.iter_lines():
+        if line.startswith("data: "):
+            data = line[len("data: "):]
+            out.append(data if data == "[DONE]" else json.loads(data))
+    return out
+
+
+def test_health_is_open_and_models_need_the_key(base: str):
+    h = httpx.get(f"{base}/health", timeout=10)
+    assert h.status_code == 200 and h.json()["status"] == "ok"
+    r = httpx.get(f"{base}/v1/models", timeout=10)
+    assert r.status_code == 401
+    assert r.json()["error"]["code"] == "invalid_api_key" and r.json()["error"]["message"]
+    wrong = httpx.get(f"{base}/v1/models", headers={"Authorization": "Bearer nope"}, timeout=10)
+    assert wrong.status_code == 401
+    ok = httpx.get(f"{base}/v1/models", headers=AUTH, timeout=10).json()
+    # the model is named after its run: runs/<name>/train/model
+    assert ok["object"] == "list" and ok["data"][0]["id"] == "tiny"
+    assert httpx.post(f"{base}/v1/completions", json={"prompt": "x"}, timeout=10).status_code == 401
+
+
+def test_chat_page_is_served_without_external_resources(base: str):
+    page = httpx.get(f"{base}/", timeout=10)
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert "/static/chat.js" in page.text and "http" not in page.text.replace("http-equiv", "")
+    js = httpx.get(f"{base}/static/chat.js", timeout=10).text
+    assert "/v1/chat/completions" in js and "Authorization" in js
+    assert httpx.get(f"{base}/static/chat.css", timeout=10).status_code == 200
+
+
+def test_completion_matches_library_generation(client: httpx.Client, loaded):
+    model, tok = loaded
+    r = client.post("/v1/completions", json={"model": "tiny", "prompt": "HAMLET.\n", "max_tokens": 10,
+                                             "temperature": 0})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    expected = generate(model, tok, "HAMLET.\n", SamplingParams(max_new_tokens=10, temperature=0))
+    choice = body["choices"][0]
+    assert body["object"] == "text_completion" and body["model"] == "tiny"
+    assert choice["text"] == expected.text and choice["finish_reason"] == expected.finish_reason
+    assert body["usage"] == {"prompt_tokens": expected.prompt_tokens, "completion_tokens": expected.completion_tokens,
+                             "total_tokens": expected.prompt_tokens + expected.completion_tokens}
+    # no max_tokens: the server default (16) applies
+    r = client.post("/v1/completions", json={"prompt": "To be", "temperature": 0, "stop": [], "top_p": None,
+                                             "n": None, "max_tokens": None, "user": "ignored-field"})
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["completion_tokens"] <= 16
+
+
+def test_completion_prompt_list_gives_one_choice_each(client: httpx.Client):
+    r = client.post("/v1/completions", json={"prompt": ["To be", "HAMLET."], "max_tokens": 4, "temperature": 0})
+    assert r.status_code == 200, r.text
+    assert [c["index"] for c in r.json()["choices"]] == [0, 1]
+
+
+def test_streamed_completion_equals_the_non_streamed_one(client: httpx.Client):
+    req = {"prompt": "HAMLET.\n", "max_tokens": 12, "temperature": 0.9, "seed": 7, "stop": ["\n\n"]}
+    whole = client.post("/v1/completions", json=req).json()
+    with client.stream("POST", "/v1/completions", json={**req, "stream": True,
+                                                         "stream_options": {"include_usage": True}}) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        events = sse(r)
+    assert events[-1] == "[DONE]"
+    chunks = events[:-1]
+    assert all(c["object"] == "text_completion" for c in chunks)
+    text = "".join(c["choices"][0]["text"] for c in chunks if c["choices"])
+    finishes = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]]
+    assert text == whole["choices"][0]["text"]
+    assert finishes[-1] == whole["choices"][0]["finish_reason"] and not any(finishes[:-1])
+    assert chunks[-1]["usage"] == whole["usage"]
+
+
+def test_chat_completion_uses_the_chat_template(client: httpx.Client, loaded):
+    model, tok = loaded
+    messages = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "Who is Hamlet?"}]
+    r = client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 8, "temperature": 0})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    ids, _ = encode_chat(tok, messages, add_generation_prompt=True)
+    expected = generate(model, tok, ids, SamplingParams(max_new_tokens=8, temperature=0))
+    assert body["object"] == "chat.completion"
+    assert body["choices"][0]["message"] == {"role": "assistant", "content": expected.text}
+    assert body["choices"][0]["finish_reason"] in ("stop", "length")
+    assert body["usage"]["prompt_tokens"] == len(ids)
+
+
+def test_streamed_chat_sends_role_then_content_deltas(client: httpx.Client):
+    req = {"messages": [{"role": "user", "content": [{"type": "text", "text": "Who is Hamlet?"}]}],
+           "max_tokens": 8, "temperature": 0}
+    whole = client.post("/v1/chat/completions", json=req).json()
+    with client.stream("POST", "/v1/chat/completions", json={**req, "stream": True}) as r:
+        events = sse(r)
+    assert events[-1] == "[DONE]"
+    chunks = events[:-1]
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+    assert text == whole["choices"][0]["message"]["content"]
+    assert chunks[-1]["choices"][0]["finish_reason"] == whole["choices"][0]["finish_reason"]
+
+
+@pytest.mark.parametrize("path, body, param", [
+    ("/v1/completions", {"max_tokens": 4}, "prompt"),
+    ("/v1/completions", {"prompt": "x", "temperature": -1}, "temperature"),
+    ("/v1/completions", {"prompt": "x", "n": 2}, "n"),
+    ("/v1/completions", {"prompt": []}, "prompt"),
+    ("/v1/completions", {"prompt": 5}, "prompt"),
+    ("/v1/completions", {"prompt": "x", "stop": [1, 2]}, "stop"),
+    ("/v1/completions", {"prompt": [99999]}, None),
+    ("/v1/chat/completions", {"messages": []}, "messages"),
+    ("/v1/chat/completions", {"messages": [{"role": "wizard", "content": "hi"}]}, None),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "<|im_end|>"}]}, None),
+])
+def test_bad_requests_get_openai_error_bodies(client: httpx.Client, path: str, body: dict, param: str | None):
+    r = client.post(path, json=body)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["type"] == "invalid_request_error" and err["message"]
+    if param:
+        assert err["param"] == param and param in err["message"]
+
+
+def test_invalid_json_and_too_long_prompt_are_400(client: httpx.Client, tiny_model_dir: Path):  # noqa: F811
+    r = client.post("/v1/completions", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and "JSON" in r.json()["error"]["message"]
+    block = json.loads((tiny_model_dir / "config.json").read_text())["block_size"]
+    r = client.post("/v1/completions", json={"prompt": list(range(10, 10 + block + 5))})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+
+
+def test_concurrent_requests_are_served_one_at_a_time_correctly(client: httpx.Client, base: str):
+    req = {"prompt": "To be", "max_tokens": 10, "temperature": 0}
+    expected = client.post("/v1/completions", json=req).json()["choices"][0]["text"]
+    results: list[str] = []
+
+    def call() -> None:
+        with httpx.Client(base_url=base, headers=AUTH, timeout=60) as c:
+            results.append(c.post("/v1/completions", json=req).json()["choices"][0]["text"])
+
+    threads = [threading.Thread(target=call) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [expected] * 4
+
+
+def test_closing_a_stream_early_leaves_the_server_usable(client: httpx.Client):
+    req = {"prompt": "HAMLET.\n", "max_tokens": 40, "temperature": 0, "stream": True}
+    with client.stream("POST", "/v1/completions", json=req) as r:
+        first = next(r.iter_lines())
+        assert first.startswith("data: ")
+    r = client.post("/v1/completions", json={**req, "stream": False, "max_tokens": 3})
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= 3
+
+
+def test_api_key_from_environment_and_open_server(tiny_model_dir: Path, monkeypatch):  # noqa: F811
+    from fastapi.testclient import TestClient
+
+    monkeypatch.setenv("GRISTMILL_API_KEY", "env-key")
+    with TestClient(create_app(tiny_model_dir, ServeConfig(device="cpu"))) as c:
+        assert c.get("/v1/models").status_code == 401
+        assert c.get("/v1/models", headers={"Authorization": "Bearer env-key"}).status_code == 200
+    monkeypatch.delenv("GRISTMILL_API_KEY")
+    with TestClient(create_app(tiny_model_dir, ServeConfig(device="cpu"), model_name="named")) as c:
+        assert c.get("/v1/models").json()["data"][0]["id"] == "named"
+
+
+def test_serve_names_a_missing_run(tmp_path: Path):
+    from gristmill.errors import InputError
+    from gristmill.serve import serve
+
+    with pytest.raises(InputError, match="does not exist"):
+        serve(tmp_path / "nope")
+    with pytest.raises(InputError, match="no model found"):
+        serve(tmp_path)
