@@ -43,7 +43,9 @@ def validate_messages(messages: Sequence[Message], *, need_assistant: bool = Fal
         raise ChatFormatError("messages must be a non-empty list of {role, content} objects")
     for i, m in enumerate(messages):
         if not isinstance(m, Mapping):
-            raise ChatFormatError(f"message {i} must be an object with 'role' and 'content', got {type(m).__name__}")
+            raise ChatFormatError(
+                f"message {i} must be an object with 'role' and 'content', got {type(m).__name__}"
+            )
         role, content = m.get("role"), m.get("content")
         if role not in ROLES:
             raise ChatFormatError(f"message {i} has role {role!r}; use one of {', '.join(ROLES)}")

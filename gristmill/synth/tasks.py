@@ -31,7 +31,9 @@ class Draft:
 
     @classmethod
     def single(cls, task: str, prompt: str, answer: str, doc: Document) -> Draft:
-        return cls(task, [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}], [doc.id])
+        return cls(
+            task, [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}], [doc.id]
+        )
 
     @property
     def prompt(self) -> str:
@@ -113,7 +115,7 @@ def passage_at(text: str, start: int, tc: TaskContext) -> tuple[str, int]:
 
 
 def passage_starts(text: str, tc: TaskContext, reserve: int) -> list[int]:
-    """``tc.n`` distinct line starts (not the very first line) with at least ``reserve`` characters after them."""
+    """``tc.n`` distinct line starts (not the first line) with at least ``reserve`` characters after them."""
     starts = [s for s in line_starts(text)[1:] if s + reserve <= len(text) and not text[s].isspace()]
     return sorted(tc.rng.sample(starts, min(tc.n, len(starts))))
 
@@ -123,7 +125,11 @@ def display_title(doc: Document, play_readers: Iterable[str]) -> str | None:
     ("THE TRAGEDY OF CORIOLANUS"), since file names make poor titles; otherwise ``provenance.title``."""
     if doc.provenance.reader in play_readers:
         first = doc.text.lstrip().split("\n", 1)[0].strip()
-        if 3 <= len(first) <= 80 and not first.endswith((".", ",", ";", ":")) and re.search(r"[A-Za-z]{3}", first):
+        if (
+            3 <= len(first) <= 80
+            and not first.endswith((".", ",", ";", ":"))
+            and re.search(r"[A-Za-z]{3}", first)
+        ):
             return first
     title = doc.provenance.title
     return title.strip() if title and title.strip() else None
@@ -144,7 +150,12 @@ def continue_text(doc: Document, tc: TaskContext) -> Iterator[Draft]:
         yield Draft.single("continue", f"{tc.rng.choice(CONTINUE_PROMPTS)}\n\n{passage}", answer, doc)
 
 
-QA_PROMPTS = ("Tell me about {t}.", "What is {t}?", "What do you know about {t}?", "Give me a short overview of {t}.")
+QA_PROMPTS = (
+    "Tell me about {t}.",
+    "What is {t}?",
+    "What do you know about {t}?",
+    "Give me a short overview of {t}.",
+)
 
 
 @task("qa")
@@ -176,8 +187,24 @@ def source_title(doc: Document, tc: TaskContext) -> Iterator[Draft]:
 _NAME = r"[A-Z][A-Za-z'’]*(?:[ -][A-Z][A-Za-z'’]*){0,3}"
 _NAME_LINE = re.compile(rf"^[ \t]*({_NAME})\.[ \t]*$")
 _NAME_INLINE = re.compile(rf"^[ \t]+({_NAME})\.[ \t]+(\S.*)$")
-NOT_SPEAKERS = frozenset({"ACT", "Act", "Actus", "SCENE", "Scene", "Scena", "Scoena", "Enter", "Exit",
-                          "Exeunt", "Finis", "FINIS", "THE", "The"})
+NOT_SPEAKERS = frozenset(
+    {
+        "ACT",
+        "Act",
+        "Actus",
+        "SCENE",
+        "Scene",
+        "Scena",
+        "Scoena",
+        "Enter",
+        "Exit",
+        "Exeunt",
+        "Finis",
+        "FINIS",
+        "THE",
+        "The",
+    }
+)
 
 
 def speeches(text: str) -> list[tuple[str, str]]:
