@@ -50,6 +50,8 @@ def test_wiki_articles_are_plain_text_with_page_provenance(real):
     assert anarchism.provenance.record == "12"
     assert anarchism.text.startswith("Anarchism is a political philosophy that advocates self-governed")
     assert "\nHistory\n" in anarchism.text  # a heading became a plain line
+    for tail in ("\nReferences\n", "\nExternal links\n", "\nFurther reading\n"):  # default skip_sections
+        assert tail not in anarchism.text
     assert "Category:" not in anarchism.text and "thumb" not in anarchism.text
     spaced = next(d for d in wiki if " " in d.provenance.title)
     assert spaced.provenance.uri.endswith(spaced.provenance.title.replace(" ", "_"))
@@ -191,6 +193,8 @@ def test_wikitext_keeps_visible_text_of_links_and_drops_markup():
         "* item one\n# item two\n----\n\n\n\n__NOTOC__[[fr:Iliade]][[Image:A.png|thumb|caption]]")
     assert text == ("The Iliad's hero met the prince at Troy & http://bare.example. Category:Epics hero\n"
                     "next\nitem one\nitem two")
+    article = "Lead.\n\n== Life ==\nBorn.\n\n== Weblinks ==\n* x\n\n=== Archive ===\ny\n\n== Legacy ==\nRead."
+    assert wikitext_to_text(article, skip_sections=frozenset({"weblinks"})) == "Lead.\n\nLife\nBorn.\n\nLegacy\nRead."
 
 
 def test_limit_stops_a_source_early(tmp_path):

@@ -9,6 +9,8 @@ from pydantic import Field, ValidationInfo, field_validator
 from gristmill.config import Config
 
 SOURCE_TYPES = ("files", "mediawiki")
+DEFAULT_SKIP_SECTIONS = ("See also", "References", "External links", "Further reading", "Notes", "Footnotes",
+                         "Bibliography", "Sources", "Citations", "Notes and references")
 
 
 class SourceConfig(Config):
@@ -27,6 +29,9 @@ class SourceConfig(Config):
     """Licence of the source's text, recorded in every document's provenance."""
     limit: int | None = Field(default=None, ge=1)
     """At most this many documents from this source (quarantined records do not count); None: all."""
+    skip_sections: list[str] = list(DEFAULT_SKIP_SECTIONS)
+    """``mediawiki`` only: article sections left out, by heading (case-insensitive), with their
+    subsections. The defaults are the link and citation lists at the end of an article; [] keeps all."""
 
     @field_validator("type", mode="before")
     @classmethod

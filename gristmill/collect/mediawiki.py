@@ -59,6 +59,7 @@ class MediaWikiReader:
         self.source = source
         self.files = files
         self.files_read = 0
+        self.skip_sections = frozenset(s.strip().lower() for s in source.skip_sections)
 
     def run(self, docs: Iterable[Document], stats: StepStats) -> Iterator[Document]:
         yield from docs
@@ -126,7 +127,7 @@ class MediaWikiReader:
             stats.drop(doc, "namespace")
             return None
         try:
-            doc.text = wikitext_to_text(wikitext, site.drop_namespaces)
+            doc.text = wikitext_to_text(wikitext, site.drop_namespaces, self.skip_sections)
         except ParserError as e:
             doc.meta["detail"] = f"mwparserfromhell could not parse the page: {e}"
             stats.drop(doc, "parse_error")

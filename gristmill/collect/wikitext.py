@@ -47,20 +47,34 @@ _LINE_EDGE_SPACE = re.compile(r"^[ \t]+|[ \t]+$", re.M)
 _BLANK_LINES = re.compile(r"\n{3,}")
 
 
-def wikitext_to_text(wikitext: str, drop_namespaces: frozenset[str] = DROP_LINK_NAMESPACES) -> str:
-    """The plain text of a page. ``drop_namespaces``: lower-case link prefixes to drop with their link.
+def wikitext_to_text(
+    wikitext: str,
+    drop_namespaces: frozenset[str] = DROP_LINK_NAMESPACES,
+    skip_sections: frozenset[str] = frozenset(),
+) -> str:
+    """The plain text of a page.
 
-    Raises ``mwparserfromhell.parser.ParserError`` on input the parser cannot handle.
+    ``drop_namespaces``: lower-case link prefixes whose links are dropped whole. ``skip_sections``:
+    lower-case headings whose sections (down to the next heading of the same or a higher level) are left
+    out, e.g. ``references``. Raises ``mwparserfromhell.parser.ParserError`` on input the parser rejects.
     """
-    rendered = _render(mwparserfromhell.parse(wikitext, skip_style_tags=True), drop_namespaces)
-    return _tidy(rendered)
+    code = mwparserfromhell.parse(wikitext, skip_style_tags=True)
+    return _tidy(_render(code, drop_namespaces, skip_sections))
 
 
-def _render(code: Wikicode | None, drop: frozenset[str]) -> str:
+def _render(code: Wikicode | None, drop: frozenset[str], skip_sections: frozenset[str] = frozenset()) -> str:
     if code is None:
         return ""
     out: list[str] = []
+    skipping_level: int | None = None  # heading level of the section being skipped
     for node in code.nodes:
+        if isinstance(node, Heading) and (skip_sections or skipping_level is not None):
+            if skipping_level is not None and node.level <= skipping_level:
+                skipping_level = None
+            if skipping_level is None and _render(node.title, drop).strip().lower() in skip_sections:
+                skipping_level = node.level
+        if skipping_level is not None:
+            continue
         if isinstance(node, Text):
             out.append(node.value)
         elif isinstance(node, Wikilink):
