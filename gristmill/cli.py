@@ -127,6 +127,87 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", help="a run directory (runs/<name>) or a model directory")
+    p.add_argument("--model", choices=("auto", "train", "finetune"),
+                   help="which model of a run (default: the fine-tuned one if there is one)")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+
+
+def _serve_config(args: argparse.Namespace):
+    """The run's recorded ``serve`` section (if any), then the command-line flags on top."""
+    from gristmill.config import validate
+    from gristmill.serve import ServeConfig
+    from gristmill.workspace import read_json
+
+    data: dict[str, Any] = {}
+    recorded = Path(args.path) / "recipe.json"
+    if recorded.is_file():
+        data = dict(read_json(recorded).get("serve") or {})
+    for key in ("host", "port", "api_key", "model", "device"):
+        if getattr(args, key, None) is not None:
+            data[key] = getattr(args, key)
+    return validate(ServeConfig, data, "serve options")
+
+
+def _serve_args(p: argparse.ArgumentParser) -> None:
+    _model_args(p)
+    p.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="TCP port (default 8000)")
+    p.add_argument("--api-key", dest="api_key",
+                   help="require `Authorization: Bearer KEY` on /v1/* (or set GRISTMILL_API_KEY)")
+
+
+@command("serve", "serve a model over an OpenAI-compatible HTTP API, with a chat page at /", _serve_args)
+def cmd_serve(args: argparse.Namespace) -> int:
+    from gristmill.serve import serve
+
+    serve(Path(args.path), _serve_config(args))
+    return 0
+
+
+def _generate_args(p: argparse.ArgumentParser) -> None:
+    _model_args(p)
+    p.add_argument("--prompt", required=True, help="the prompt (a user message with --chat)")
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
+    p.add_argument("--system", help="system message (with --chat)")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=50)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--seed", type=int)
+
+
+@command("generate", "sample text from a model on the command line (streams to stdout)", _generate_args)
+def cmd_generate(args: argparse.Namespace) -> int:
+    from gristmill.errors import InputError
+    from gristmill.generate import SamplingParams, is_model_dir, load_for_inference, resolve_model_dir, stream
+    from gristmill.runtime import resolve_device
+
+    path = Path(args.path)
+    if not path.exists():
+        raise InputError(f"{path} does not exist; pass a run directory (runs/<name>) or a model directory")
+    model_dir = path if is_model_dir(path) else resolve_model_dir(path, args.model or "auto")
+    model, tokenizer = load_for_inference(model_dir, resolve_device(args.device or "auto"))
+    prompt = args.prompt
+    if args.chat:
+        from gristmill.chat import render_chat
+
+        messages = ([{"role": "system", "content": args.system}] if args.system else [])
+        prompt = render_chat(messages + [{"role": "user", "content": args.prompt}], add_generation_prompt=True)
+    try:
+        params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    if not args.chat:
+        print(args.prompt, end="", flush=True)
+    for delta in stream(model, tokenizer, prompt, params, truncate=True):
+        print(delta, end="", flush=True)
+    print()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from gristmill.pipeline import STAGES
 
