@@ -72,10 +72,10 @@ def print_summary(recipe: Any, manifests: dict[str, dict[str, Any]]) -> None:
     if "bits_per_byte" in ev:
         lines.append(f"  base model        validation bits per byte {ev['bits_per_byte']:.3f}"
                      f" (loss {ev.get('loss', float('nan')):.3f}, perplexity {ev.get('perplexity', float('nan')):.1f})")
-    for key in ("bits_per_byte_after", "lm_bits_per_byte_after"):
-        if key in ft:
-            lines.append(f"  fine-tuned model  validation bits per byte {ft[key]:.3f}")
-            break
+    if "lm_val_bpb_after" in ft:
+        lines.append(f"  fine-tuned model  validation bits per byte {ft['lm_val_bpb_after']:.3f}; chat loss "
+                     f"{ft.get('chat_val_loss_before', float('nan')):.3f} -> "
+                     f"{ft.get('chat_val_loss_after', float('nan')):.3f} on held-out conversations")
     for stage in ("finetune", "train"):
         if (run_dir / stage / "model").is_dir():
             lines.append(f"  model   {run_dir / stage / 'model'}/")
