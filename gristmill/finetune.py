@@ -58,7 +58,7 @@ class FinetuneConfig(LoopConfig):
     """Conversations per forward pass when validating."""
     checkpoint_every: int = Field(100, ge=0)
     """Write a resumable checkpoint every this many steps (0 = only at the end)."""
-    lm_eval_tokens: int | None = Field(32768, ge=0)
+    lm_eval_tokens: int | None = Field(16384, ge=0)
     """Tokens of tokenize's val.bin for the language-model loss before and after (None = all, 0 = skip)."""
 
 

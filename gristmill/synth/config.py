@@ -25,9 +25,9 @@ class SynthConfig(Config):
     """Keep at most this many val examples; None keeps all."""
     min_passage_chars: int = Field(200, ge=1)
     """Shortest passage shown in a prompt (``continue``, ``source``), in characters."""
-    max_passage_chars: int = Field(600, ge=1)
+    max_passage_chars: int = Field(500, ge=1)
     """Longest passage or speech shown in a prompt, in characters (cut back to a sentence end)."""
-    continue_chars: int = Field(300, ge=1)
+    continue_chars: int = Field(250, ge=1)
     """Length of the true continuation the assistant gives (``continue``), in characters."""
     lead_chars: int = Field(400, ge=1)
     """Longest answer made from an article's lead sentences (``qa``), in characters."""
