@@ -356,9 +356,16 @@ def run_finetune(ctx: StageContext, cfg: FinetuneConfig) -> dict[str, Any]:
         "train_loss": None if res.train_loss is None else round(res.train_loss, 5),
         "chat_val_loss_before": round(chat_b, 5),
         "chat_val_loss_after": None if chat_a is None else round(chat_a, 5),
-        "lm_val_bpb_before": before["lm"] and round(before["lm"]["bits_per_byte"], 5),
-        "lm_val_bpb_after": after_lm and round(after_lm["bits_per_byte"], 5),
         "tokens_per_s": round(res.tokens_per_s, 1),
         "train_seconds": round(st.elapsed, 2),
         "device": str(rt.device),
+        # only when the LM evaluation ran (lm_eval_tokens != 0)
+        **(
+            {
+                "lm_val_bpb_before": round(before["lm"]["bits_per_byte"], 5),
+                "lm_val_bpb_after": round(after_lm["bits_per_byte"], 5),
+            }
+            if before["lm"] and after_lm
+            else {}
+        ),
     }

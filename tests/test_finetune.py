@@ -96,6 +96,7 @@ def test_finetune_lowers_chat_loss_and_writes_a_model_dir(upstream: Path, tmp_pa
     out = ctx.out_dir
     ev = json.loads((out / "eval.json").read_text())
     assert stats["steps"] == 12 and stats["stopped_by"] == "max_steps"
+    assert stats["lm_val_bpb_after"] == round(ev["lm_val"]["after"]["bits_per_byte"], 5)
     assert ev["chat_val"]["after"]["loss"] < ev["chat_val"]["before"]["loss"] - 0.5
     assert ev["chat_val"]["before"]["tokens"] == ev["chat_val"]["after"]["tokens"] > 0
     lm = ev["lm_val"]
@@ -128,6 +129,7 @@ def test_resume_after_a_crash_gives_the_same_model(upstream: Path, tmp_path: Pat
     again = load_model(ctx.out_dir / "model").state_dict()
     assert all(torch.equal(done[k], again[k]) for k in done)
     assert json.loads((ctx.out_dir / "eval.json").read_text())["lm_val"] is None
+    assert "lm_val_bpb_after" not in second  # skipped, not reported as None
 
 
 def test_examples_mask_truncate_and_pad(upstream: Path) -> None:
