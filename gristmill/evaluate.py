@@ -34,7 +34,7 @@ class EvaluateConfig(Config):
     """Windows of ``block_size`` tokens evaluated per forward pass."""
     max_tokens: int | None = Field(None, ge=2)
     """Evaluate only the first this many validation tokens (None = the whole split), for speed."""
-    prompts: list[str] = ["The ", "Once upon a time", "KING:\n"]
+    prompts: list[str] = ["The ", "Once upon a time", "Hamlet.\n"]
     """Prompts to sample from (plain text; the base model has not seen the chat template)."""
     max_new_tokens: int = Field(64, ge=0)
     """Tokens to generate per sample."""

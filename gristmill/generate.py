@@ -161,6 +161,7 @@ def generate_ids(model: GPT, prompt_ids: list[int], params: SamplingParams) -> I
     budget = min(params.max_new_tokens, block_size - len(prompt_ids))
     if budget <= 0:
         return
+    was_training = model.training  # fine-tuning samples mid-training: give the model back as it came
     model.eval()
     device = model.tok_emb.weight.device
     generator = None
@@ -170,13 +171,16 @@ def generate_ids(model: GPT, prompt_ids: list[int], params: SamplingParams) -> I
     # The last sampled token is never fed back, so the cache holds at most prompt + budget - 1 tokens.
     cache = model.new_cache(1, len(prompt_ids) + budget)
     idx = torch.tensor([prompt_ids], dtype=torch.long, device=device)
-    for i in range(budget):
-        logits, _ = model(idx, cache=cache)  # [1,T,V]
-        nxt = sample_next(logits[0, -1], params, generator)
-        yield nxt
-        if nxt in stop_ids or i == budget - 1:
-            return
-        idx = torch.tensor([[nxt]], dtype=torch.long, device=device)
+    try:
+        for i in range(budget):
+            logits, _ = model(idx, cache=cache)  # [1,T,V]
+            nxt = sample_next(logits[0, -1], params, generator)
+            yield nxt
+            if nxt in stop_ids or i == budget - 1:
+                return
+            idx = torch.tensor([[nxt]], dtype=torch.long, device=device)
+    finally:
+        model.train(was_training)
 
 
 class IncrementalDecoder:

@@ -337,7 +337,7 @@ def section_curve(run_dir: Path, stage: str, cfg: ReportConfig, svg_name: str) -
     label = "Training" if stage == "train" else "Fine-tuning"
     title = f"{label} loss ({'nats per token' if stage == 'train' else 'nats per assistant token'})"
     svg = loss_svg({"train": train, "validation": val}, title)
-    last = [f"{len(train)} logged steps"]
+    last = [f"train loss logged at {len(train)} steps, validation loss at {len(val)}"]
     if train:
         last.append(f"last train loss {fmt(list(train.values())[-1])} at step {list(train)[-1]}")
     if val:

@@ -203,3 +203,13 @@ def test_resolve_model_dir_prefers_finetune(tmp_path: Path, tiny_model_dir: Path
     assert resolve_model_dir(tmp_path / "run", "train") == tmp_path / "run" / "train" / "model"
     with pytest.raises(InputError, match="not one of"):
         resolve_model_dir(tmp_path / "run", "best")
+
+
+def test_generation_gives_the_model_back_in_training_mode(loaded):
+    model, tok = loaded
+    model.train()
+    try:
+        generate(model, tok, "To be", SamplingParams(max_new_tokens=3, temperature=0))
+        assert model.training
+    finally:
+        model.eval()

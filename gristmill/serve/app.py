@@ -35,6 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from gristmill.chat import encode_chat
 from gristmill.errors import GristmillError, InputError
 from gristmill.generate import (
+    PromptTooLongError,
     SamplingParams,
     TextStream,
     encode_prompt,
@@ -293,7 +294,7 @@ def create_app(model_dir: Path, cfg: ServeConfig | None = None, model_name: str 
 
     @app.exception_handler(GristmillError)
     async def _user(request: Request, exc: GristmillError) -> JSONResponse:
-        code = "context_length_exceeded" if "context window" in str(exc) else None
+        code = "context_length_exceeded" if isinstance(exc, PromptTooLongError) else None
         return error_response(400, str(exc), code=code)
 
     def check_key(request: Request) -> None:
