@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -246,3 +248,66 @@ def test_serve_names_a_missing_run(tmp_path: Path):
         serve(tmp_path / "nope")
     with pytest.raises(InputError, match="no model found"):
         serve(tmp_path)
+
+
+PAGE_HARNESS = r"""
+// Runs the chat page's script in Node against the live server, with just enough of a DOM for it.
+const fs = require("fs");
+const [base, script, key] = process.argv.slice(2);
+class El {
+  constructor(id) { this.id = id; this.value = ""; this.textContent = ""; this.disabled = false;
+                    this.className = ""; this.children = []; this.listeners = {}; this.parentElement = null;
+                    this.classList = { add: (c) => { this.className += " " + c; } }; }
+  addEventListener(ev, fn) { (this.listeners[ev] = this.listeners[ev] || []).push(fn); }
+  append(...els) { for (const e of els) { e.parentElement = this; this.children.push(e); } }
+  replaceChildren() { this.children = []; }
+  scrollIntoView() {}
+  requestSubmit() { for (const fn of this.listeners.submit || []) fn({ preventDefault() {} }); }
+}
+const els = {};
+global.document = { getElementById: (id) => (els[id] = els[id] || new El(id)), createElement: () => new El() };
+const store = {};
+global.sessionStorage = { getItem: (k) => store[k] ?? null, setItem: (k, v) => { store[k] = v; } };
+const realFetch = fetch;
+global.fetch = (url, opts) => realFetch(base + url, opts);
+const $ = document.getElementById;
+$("temperature").value = "0"; $("top-p").value = "1"; $("max-tokens").value = "12";
+$("system").value = "";
+eval(fs.readFileSync(script, "utf8"));
+(async () => {
+  await new Promise((r) => setTimeout(r, 300));  // the first loadModel(), refused without the key
+  const refused = $("status").textContent;
+  $("api-key").value = key;  // the user types the key into Settings
+  for (const fn of $("api-key").listeners.change) fn();
+  await new Promise((r) => setTimeout(r, 300));
+  $("input").value = "Who is Hamlet?";
+  $("composer").requestSubmit();
+  for (let i = 0; i < 200 && ($("send").disabled || !$("messages").children.length); i++) {
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  const msgs = $("messages").children.map((d) => ({ cls: d.className, text: d.children[1].textContent }));
+  console.log(JSON.stringify({ refused, model: $("model-name").textContent, status: $("status").textContent,
+                               msgs }));
+})();
+"""
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="needs Node.js to run the page's script")
+def test_chat_page_script_streams_a_reply(base: str, client: httpx.Client, tmp_path: Path):
+    from importlib import resources
+
+    harness = tmp_path / "harness.js"
+    harness.write_text(PAGE_HARNESS)
+    script = resources.files("gristmill.serve") / "static" / "chat.js"
+    proc = subprocess.run(["node", str(harness), base, str(script), KEY], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    page = json.loads(proc.stdout.strip().splitlines()[-1])
+    expected = client.post("/v1/chat/completions", json={
+        "messages": [{"role": "user", "content": "Who is Hamlet?"}], "max_tokens": 12, "temperature": 0,
+    }).json()["choices"][0]["message"]["content"]
+    assert "API key" in page["refused"]
+    assert page["model"].startswith("tiny")
+    assert [m["cls"].split()[:2] for m in page["msgs"]] == [["msg", "user"], ["msg", "assistant"]]
+    assert page["msgs"][0]["text"] == "Who is Hamlet?"
+    assert page["msgs"][1]["text"] == expected
