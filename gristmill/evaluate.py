@@ -62,8 +62,8 @@ def evaluate_lm(model: torch.nn.Module, tokens: np.ndarray, n_bytes: int, batch_
         raise InputError(f"evaluation needs the byte count of the text, got {n_bytes}")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     T = unwrap(model).config.block_size
-    data = torch.from_numpy(np.asarray(tokens).astype(np.int64))
-    n_pred = len(data) - 1
+    tokens = np.asarray(tokens)
+    n_pred = len(tokens) - 1
     starts = list(range(0, n_pred, T))
     was_training = model.training
     model.eval()
@@ -76,8 +76,8 @@ def evaluate_lm(model: torch.nn.Module, tokens: np.ndarray, n_bytes: int, batch_
             y = torch.full((len(chunk), T), -100, dtype=torch.long)
             for row, s in enumerate(chunk):
                 n = min(T, n_pred - s)
-                x[row, :n] = data[s:s + n]
-                y[row, :n] = data[s + 1:s + 1 + n]
+                window = torch.from_numpy(tokens[s:s + n + 1].astype(np.int64))  # n inputs + 1 more target
+                x[row, :n], y[row, :n] = window[:-1], window[1:]
             x, y = x.to(device), y.to(device)
             with autocast(device):
                 logits, _ = model(x)  # [B,T,V]
