@@ -100,15 +100,17 @@ def eval_windows(tokens: np.ndarray, block_size: int, batch_size: int, eot_id: i
     ``<|endoftext|>``, as at a document start), as consecutive non-overlapping windows of block_size.
 
     All batches have the full shape [batch_size, block_size] (padding predicts -100), so a compiled model
-    sees one shape. ``max_tokens`` scores only the first that many tokens; ranks take every world-th batch.
+    sees one shape. ``max_tokens`` scores only the first that many tokens; ranks take every world-th batch
+    (and all ranks get the same number of batches, the last ones all padding if need be).
     """
     n = len(tokens) if max_tokens is None else min(len(tokens), max_tokens)
     seq = np.concatenate([np.array([eot_id], dtype=np.int64), np.asarray(tokens[:n], dtype=np.int64)])
     n_windows = -(-n // block_size)
     n_batches = -(-n_windows // batch_size)
-    for b in range(rank, n_batches, world):
+    per_rank = -(-n_batches // world)  # every rank runs as many forwards (FSDP needs them in step)
+    for b in range(rank, per_rank * world, world):
         x = torch.zeros(batch_size, block_size, dtype=torch.long)
-        y = torch.full((batch_size, block_size), IGNORE_INDEX, dtype=torch.long)
+        y = torch.full((batch_size, block_size), IGNORE_INDEX, dtype=torch.long)  # b >= n_batches: padding
         for i in range(batch_size):
             w = b * batch_size + i
             if w >= n_windows:

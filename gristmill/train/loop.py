@@ -118,6 +118,7 @@ class TrainerState:
     evals_since_best: int = 0
     stopped_by: str | None = None
     last_val_loss: float | None = None
+    last_train_loss: float | None = None
 
 
 @dataclass
@@ -213,6 +214,7 @@ def fit(model: nn.Module, cfg: LoopConfig, rt: Runtime, train_data: BatchSource,
     model.to(rt.device)
     model.train()
     wrapped = _wrap(model, cfg, rt)
+    eval_model = wrapped.module if isinstance(wrapped, torch.nn.parallel.DistributedDataParallel) else wrapped
     opt = build_optimizer(model, cfg)
     st = TrainerState()
 
@@ -242,7 +244,7 @@ def fit(model: nn.Module, cfg: LoopConfig, rt: Runtime, train_data: BatchSource,
         p = st.step / cfg.max_steps if cfg.max_steps else 1.0
         return max(p, elapsed() / budget) if budget else p
 
-    def save(best: bool = False) -> None:
+    def save(best: bool = False) -> dict[str, torch.Tensor]:
         t0 = time.monotonic()
         st.elapsed = elapsed()
         model_state, opt_state = _full_states(wrapped if _fsdp(cfg, rt) else model, opt, cfg, rt)
@@ -255,12 +257,14 @@ def fit(model: nn.Module, cfg: LoopConfig, rt: Runtime, train_data: BatchSource,
                 write_checkpoint(step_path(ckpt_root, st.step), model_state, state, fingerprint)
                 prune_checkpoints(ckpt_root, cfg.keep_checkpoints)
         timing["ckpt"] = max(timing["ckpt"], time.monotonic() - t0)
+        return model_state
 
     timing = {"ckpt": 0.5, "eval_per_token": 0.0, "step": 0.0}
 
     def run_eval(max_tokens: int | None) -> tuple[float, int]:
         t0 = time.monotonic()
-        nats, n = evaluate(wrapped, val_data.batches(max_tokens), rt)
+        # Under DDP, evaluate the inner module: DDP's forward would broadcast buffers (a collective).
+        nats, n = evaluate(eval_model, val_data.batches(max_tokens), rt)
         if n:
             timing["eval_per_token"] = max(timing["eval_per_token"], (time.monotonic() - t0) / n)
         return nats, n
@@ -308,7 +312,7 @@ def fit(model: nn.Module, cfg: LoopConfig, rt: Runtime, train_data: BatchSource,
 
             if st.step % cfg.log_every == 0 or st.step == cfg.max_steps:
                 mean_loss = _all_reduce_sum(loss_acc / loss_n, rt) / world
-                train_loss = float(mean_loss)
+                train_loss = st.last_train_loss = float(mean_loss)
                 loss_acc.zero_()
                 loss_n = 0
                 tok_s = tokens_this_attempt / max(train_time, 1e-9)
@@ -351,7 +355,9 @@ def fit(model: nn.Module, cfg: LoopConfig, rt: Runtime, train_data: BatchSource,
             bar.close()
 
     if loss_n:
-        train_loss = float(_all_reduce_sum(loss_acc / loss_n, rt) / world)
+        train_loss = st.last_train_loss = float(_all_reduce_sum(loss_acc / loss_n, rt) / world)
+    if train_loss is None:
+        train_loss = st.last_train_loss
     if cfg.early_stopping_patience and st.best_step is not None and (ckpt_root / "best").is_dir():
         best = read_checkpoint(ckpt_root / "best", fingerprint)
         if _fsdp(cfg, rt):
@@ -364,7 +370,11 @@ def fit(model: nn.Module, cfg: LoopConfig, rt: Runtime, train_data: BatchSource,
             log(f"using the best weights: step {st.best_step}, val loss {st.best_val_loss:.4f}")
     nats, n = run_eval(None)
     val_loss = nats / n if n else None
-    save()
+    final_state = save()
+    result_model = unwrap(model)
+    if _fsdp(cfg, rt) and main:  # hand back an ordinary (unsharded) copy of the model for saving
+        result_model = type(result_model)(result_model.config)
+        result_model.load_state_dict(final_state)
     if tracker is not None:
         tracker.log(st.step, {f"{key_prefix}/final_val_loss": val_loss or float("nan"),
                               "peak_rss_mb": peak_rss_mb()})
@@ -372,6 +382,6 @@ def fit(model: nn.Module, cfg: LoopConfig, rt: Runtime, train_data: BatchSource,
     if main:
         log(f"stopped by {st.stopped_by} at step {st.step} after {elapsed():.1f}s; final val loss "
             f"{val_loss if val_loss is None else round(val_loss, 4)} over {n:,} tokens")
-    return FitResult(model=unwrap(model), state=st, train_loss=train_loss, val_loss=val_loss, val_nats=nats,
+    return FitResult(model=result_model, state=st, train_loss=train_loss, val_loss=val_loss, val_nats=nats,
                      val_tokens=n, tokens_per_s=tokens_this_attempt / max(train_time, 1e-9),
                      train_seconds=train_time, resumed_from=resumed_from, peak_rss_mb=peak_rss_mb())

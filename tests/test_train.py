@@ -1,0 +1,336 @@
+"""The train stage and its pieces, on tiny models and token files made in tmp_path."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from gristmill.errors import InputError
+from gristmill.model import GPT, ModelConfig, load_model
+from gristmill.runtime import setup_runtime
+from gristmill.train import (
+    Muon,
+    OptimConfig,
+    RandomWindows,
+    TrainConfig,
+    build_optimizer,
+    eval_windows,
+    latest_checkpoint,
+    lr_multiplier,
+    orthogonalize,
+    read_checkpoint,
+    run_train,
+    train_step,
+    write_checkpoint,
+)
+from gristmill.workspace import StageContext, write_json
+
+WORDS = ("the king queen lord speak thou art my good sir hath love night day war peace sweet death "
+         "crown sword heart noble fair foul time come go shall will not what why where").split()
+
+TINY_MODEL = {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 32}
+
+
+def fake_text(n_docs: int, seed: int) -> list[str]:
+    rnd = random.Random(seed)
+    docs = []
+    for _ in range(n_docs):
+        lines = [" ".join(rnd.choice(WORDS) for _ in range(rnd.randint(4, 10))).capitalize() + rnd.choice(".!?")
+                 for _ in range(rnd.randint(2, 6))]
+        docs.append("\n".join(lines))
+    return docs
+
+
+def make_tokenize_dir(run_dir: Path, n_train: int = 300, n_val: int = 40, vocab: int = 300) -> dict:
+    """A finished tokenize stage (token files, meta.json, tokenizer.json, manifest) under run_dir."""
+    from gristmill.tokenize import save_tokenizer, token_dtype, train_tokenizer, write_token_file
+
+    d = Path(run_dir) / "tokenize"
+    d.mkdir(parents=True, exist_ok=True)
+    train, val = fake_text(n_train, 1), fake_text(n_val, 2)
+    tok = train_tokenizer(train, vocab)
+    save_tokenizer(tok, d / "tokenizer.json")
+    dt = token_dtype(tok.get_vocab_size())
+    splits = {"train": write_token_file(tok, train, d / "train.bin", dt),
+              "val": write_token_file(tok, val, d / "val.bin", dt)}
+    meta = {"dtype": dt.name, "vocab_size": tok.get_vocab_size(), "eot_id": 0, "splits": splits}
+    write_json(d / "meta.json", meta)
+    write_json(d / "manifest.json", {"fingerprint": "test", "outputs": {}})
+    return meta
+
+
+def tiny_cfg(**kw) -> TrainConfig:
+    base = dict(max_steps=20, batch_size=4, warmup_steps=2, eval_every=10, checkpoint_every=10, eval_tokens=512,
+                progress=False, log_every=5, threads=1, model=TINY_MODEL)
+    base.update(kw)
+    return TrainConfig.model_validate(base)
+
+
+def ctx_for(run_dir: Path, fingerprint: str = "fp") -> StageContext:
+    (Path(run_dir) / "train").mkdir(parents=True, exist_ok=True)
+    return StageContext(run_dir=Path(run_dir), stage="train", seed=7, fingerprint=fingerprint, log=lambda m: None)
+
+
+@pytest.fixture(scope="module")
+def token_run(tmp_path_factory) -> tuple[Path, dict]:
+    run = tmp_path_factory.mktemp("run")
+    return run, make_tokenize_dir(run)
+
+
+def fresh_run(tmp_path: Path, token_run) -> Path:
+    """A run dir sharing the module's tokenize output (copied, so each test has its own train/)."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(token_run[0] / "tokenize", run / "tokenize")
+    return run
+
+
+# ---------------------------------------------------------------------------------------------- schedules
+
+
+def test_warmup_then_cosine_ends_at_min():
+    cfg = OptimConfig(schedule="cosine", warmup_steps=10, min_lr_frac=0.1)
+    assert lr_multiplier(0, 0.0, cfg) == pytest.approx(0.1)
+    assert lr_multiplier(9, 0.09, cfg) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.09)) * 0.9 + 0.1)
+    assert lr_multiplier(50, 0.5, cfg) == pytest.approx(0.55)
+    assert lr_multiplier(100, 1.0, cfg) == pytest.approx(0.1)
+    mults = [lr_multiplier(s, s / 100, cfg) for s in range(10, 101)]
+    assert all(a >= b for a, b in zip(mults, mults[1:], strict=False))
+
+
+def test_wsd_is_flat_then_decays_linearly():
+    cfg = OptimConfig(schedule="wsd", warmup_steps=0, decay_frac=0.2, min_lr_frac=0.0)
+    assert lr_multiplier(10, 0.1, cfg) == 1.0
+    assert lr_multiplier(80, 0.8, cfg) == 1.0
+    assert lr_multiplier(90, 0.9, cfg) == pytest.approx(0.5)
+    assert lr_multiplier(100, 1.0, cfg) == pytest.approx(0.0)
+    assert lr_multiplier(5, 0.5, OptimConfig(schedule="constant", warmup_steps=0)) == 1.0
+
+
+# ---------------------------------------------------------------------------------------------- optimisers
+
+
+def test_orthogonalize_pushes_singular_values_towards_one():
+    torch.manual_seed(0)
+    for shape in [(32, 64), (96, 32)]:
+        g = torch.randn(shape) @ torch.diag(torch.logspace(-1, 1, shape[1]))  # condition number ~100
+        s = torch.linalg.svdvals(orthogonalize(g))
+        assert s.max() < 1.3 and s.min() > 0.5, s
+
+
+def test_param_groups_decay_matrices_only():
+    m = GPT(ModelConfig(vocab_size=50, **TINY_MODEL))
+    opt = build_optimizer(m, OptimConfig(optimizer="adamw", weight_decay=0.1))
+    (adamw,) = opt.optimizers
+    decayed = {id(p) for g in adamw.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    for name, p in m.named_parameters():
+        assert (id(p) in decayed) == (p.ndim == 2), name
+    opt = build_optimizer(m, OptimConfig(optimizer="muon"))
+    adamw, muon = opt.optimizers
+    assert isinstance(muon, Muon)
+    muon_ids = {id(p) for g in muon.param_groups for p in g["params"]}
+    assert muon_ids == {id(p) for n, p in m.named_parameters() if p.ndim == 2 and n.startswith("blocks.")}
+    assert id(m.tok_emb.weight) not in muon_ids
+
+
+@pytest.mark.parametrize("optimizer", ["muon", "adamw"])
+def test_optimizer_steps_reduce_loss(optimizer):
+    torch.manual_seed(0)
+    rt = setup_runtime("cpu", "off", seed=0)
+    m = GPT(ModelConfig(vocab_size=64, **TINY_MODEL))
+    opt = build_optimizer(m, OptimConfig(optimizer=optimizer, lr=1e-2, matrix_lr=0.02))
+    x = torch.randint(0, 64, (8, 32))
+    y = torch.roll(x, -1, 1)
+    first = m(x, y)[1].item()
+    for _ in range(15):
+        train_step(m, opt, x, y, rt, grad_clip=1.0)
+    assert m(x, y)[1].item() < first - 1.0
+
+
+def test_gradient_accumulation_matches_one_big_batch():
+    rt = setup_runtime("cpu", "off", seed=0)
+    x = torch.randint(0, 64, (8, 32))
+    y = torch.roll(x, -1, 1)
+    out = []
+    for micro in (8, 2):
+        torch.manual_seed(0)
+        m = GPT(ModelConfig(vocab_size=64, **TINY_MODEL))
+        opt = build_optimizer(m, OptimConfig(optimizer="adamw"))
+        loss, _ = train_step(m, opt, x, y, rt, micro_batch_size=micro)
+        out.append((float(loss), m.tok_emb.weight.detach().clone()))
+    assert out[0][0] == pytest.approx(out[1][0], rel=1e-5)
+    assert torch.allclose(out[0][1], out[1][1], atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+def test_random_windows_are_reproducible_and_split_across_ranks():
+    tokens = np.arange(1000, dtype=np.uint16)
+    a = RandomWindows(tokens, 16, 8, seed=3)
+    x0, y0 = a.next_batch()
+    assert x0.shape == (8, 16) and torch.equal(y0[:, :-1], x0[:, 1:])
+    a.next_batch()
+    b = RandomWindows(tokens, 16, 8, seed=3)
+    b.load_state_dict({"step": 1})
+    r0 = RandomWindows(tokens, 16, 8, seed=3, rank=0, world=2)
+    r1 = RandomWindows(tokens, 16, 8, seed=3, rank=1, world=2)
+    for src in (r0, r1):
+        src.load_state_dict({"step": 1})
+    full = b.next_batch()[0]
+    assert torch.equal(torch.cat([r0.next_batch()[0], r1.next_batch()[0]]), full)
+
+
+def test_eval_windows_score_every_token_once():
+    tokens = np.arange(1, 104, dtype=np.uint16)  # 103 tokens, not a multiple of the window
+    batches = list(eval_windows(tokens, 10, 4, eot_id=0))
+    ys = torch.cat([y.flatten() for _, y in batches])
+    scored = ys[ys != -100]
+    assert torch.equal(scored, torch.arange(1, 104))
+    assert all(x.shape == (4, 10) for x, _ in batches)
+    assert batches[0][0][0, 0] == 0  # the first token is predicted from <|endoftext|>
+    two = [list(eval_windows(tokens, 10, 4, 0, rank=r, world=2)) for r in (0, 1)]
+    assert [len(b) for b in two] == [2, 2]  # 3 real batches + 1 all-padding one
+    assert all((y == -100).all() for _, y in two[1][1:])
+
+
+def test_missing_token_files_are_input_errors(tmp_path):
+    run = tmp_path / "run"
+    (run / "tokenize").mkdir(parents=True)
+    write_json(run / "tokenize" / "manifest.json", {"fingerprint": "x", "outputs": {}})
+    with pytest.raises(InputError, match="meta.json"):
+        run_train(ctx_for(run), tiny_cfg())
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+
+
+def test_checkpoint_round_trip_keeps_types(tmp_path):
+    m = GPT(ModelConfig(vocab_size=50, **TINY_MODEL))
+    opt = build_optimizer(m, OptimConfig(optimizer="muon"))
+    rt = setup_runtime("cpu", "off", seed=0)
+    x = torch.randint(0, 50, (2, 32))
+    train_step(m, opt, x, x, rt)
+    state = {"optimizer": opt.state_dict(), "rng": torch.get_rng_state(), "tup": (1, [2.5, "a"]),
+             "arr": np.arange(3, dtype=np.uint32), "none": None}
+    write_checkpoint(tmp_path / "step_000001", m.state_dict(), state, "fp")
+    ck = read_checkpoint(tmp_path / "step_000001", "fp")
+    assert torch.equal(ck.state["rng"], state["rng"])
+    assert ck.state["tup"] == (1, [2.5, "a"]) and ck.state["none"] is None
+    assert ck.state["arr"].dtype == np.uint32
+    opt2 = build_optimizer(GPT(ModelConfig(vocab_size=50, **TINY_MODEL)), OptimConfig(optimizer="muon"))
+    opt2.load_state_dict(ck.state["optimizer"])  # int param ids survive the JSON round trip
+    assert all(torch.equal(ck.model_state[k], v) for k, v in m.state_dict().items())
+    with pytest.raises(ValueError, match="fingerprint"):
+        read_checkpoint(tmp_path / "step_000001", "other")
+
+
+def test_corrupt_or_partial_checkpoint_falls_back_to_previous(tmp_path):
+    m = GPT(ModelConfig(vocab_size=50, **TINY_MODEL))
+    root = tmp_path / "checkpoints"
+    for step in (10, 20, 30):
+        write_checkpoint(root / f"step_{step:06d}", m.state_dict(), {"trainer": {"step": step}}, "fp")
+    # step 30: one flipped byte in the weights; step 20: state.json lost; a half-written temp dir
+    w = root / "step_000030" / "model.safetensors"
+    data = bytearray(w.read_bytes())
+    data[-5] ^= 0xFF
+    w.write_bytes(bytes(data))
+    (root / "step_000020" / "state.json").unlink()
+    (root / ".tmp-step_000040-123").mkdir()
+    warnings: list[str] = []
+    ck = latest_checkpoint(root, "fp", warn=warnings.append)
+    assert ck is not None and ck.state["trainer"]["step"] == 10
+    assert len(warnings) == 2 and "checksum" in warnings[0] and "step_000020" in warnings[1]
+
+
+def test_run_train_resumes_from_last_good_checkpoint(tmp_path, token_run):
+    run = fresh_run(tmp_path, token_run)
+    cfg = tiny_cfg(max_steps=20, checkpoint_every=5, keep_checkpoints=3)
+    s1 = run_train(ctx_for(run), cfg)
+    ref = load_file(run / "train" / "model" / "model.safetensors")
+    ckdir = run / "train" / "checkpoints"
+    assert sorted(p.name for p in ckdir.glob("step_*")) == ["step_000010", "step_000015", "step_000020"]
+    # make the final checkpoint unreadable: the rerun must warn, go back to step 15 and redo 5 steps
+    (ckdir / "step_000020" / "model.safetensors").write_bytes(b"garbage")
+    logs: list[str] = []
+    ctx = StageContext(run_dir=run, stage="train", seed=7, fingerprint="fp", log=logs.append)
+    s2 = run_train(ctx, cfg)
+    assert s2["resumed_from_step"] == 15 and s2["steps"] == 20
+    assert any("skipping checkpoint step_000020" in m for m in logs)
+    again = load_file(run / "train" / "model" / "model.safetensors")
+    assert all(torch.equal(ref[k], again[k]) for k in ref)
+    assert s2["val_loss"] == s1["val_loss"]
+    # another fingerprint (changed config) ignores these checkpoints
+    s3 = run_train(ctx_for(run, "other-fp"), cfg)
+    assert s3["resumed_from_step"] is None
+
+
+# ---------------------------------------------------------------------------------------------- the stage
+
+
+def test_run_train_writes_model_metrics_and_stats(tmp_path, token_run):
+    run = fresh_run(tmp_path, token_run)
+    meta = token_run[1]
+    cfg = tiny_cfg(optimizer="muon", schedule="wsd", max_steps=30,
+                   model={**TINY_MODEL, "n_kv_head": 1, "qk_norm": True, "logit_softcap": 30.0,
+                          "tie_embeddings": False, "dropout": 0.1})
+    stats = run_train(ctx_for(run), cfg)
+    out = run / "train"
+    m = load_model(out / "model")
+    assert (out / "model" / "tokenizer.json").read_bytes() == (run / "tokenize" / "tokenizer.json").read_bytes()
+    assert m.config.vocab_size == meta["vocab_size"] and m.config.n_kv_head == 1
+    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["train/loss"] for r in recs if "train/loss" in r]
+    assert len(losses) == 6 and losses[-1] < losses[0]
+    assert any("train/val_loss" in r for r in recs) and all("tokens_per_s" in r for r in recs if "train/loss" in r)
+    assert stats["steps"] == 30 and stats["tokens_seen"] == 30 * 4 * 32
+    assert stats["val_tokens"] == meta["splits"]["val"]["tokens"]
+    assert stats["val_loss"] < math.log(meta["vocab_size"])
+    bpb = stats["val_loss"] * stats["val_tokens"] / (meta["splits"]["val"]["bytes"] * math.log(2))
+    assert stats["val_bits_per_byte"] == pytest.approx(bpb, rel=1e-4)
+    assert stats["parameters"] == m.num_params() and stats["stopped_by"] == "max_steps"
+
+
+def test_time_budget_stops_in_time_with_final_eval_and_checkpoint(tmp_path, token_run):
+    run = fresh_run(tmp_path, token_run)
+    cfg = tiny_cfg(max_steps=100_000, time_budget=4.0, eval_every=50, checkpoint_every=0)
+    t0 = time.monotonic()
+    stats = run_train(ctx_for(run), cfg)
+    wall = time.monotonic() - t0
+    assert stats["stopped_by"] == "time_budget"
+    assert 2.0 < wall < 4.0 + 1.5, wall  # some slack for the model dir write and a loaded machine
+    assert stats["val_tokens"] > 0 and (run / "train" / "model" / "model.safetensors").exists()
+    last = latest_checkpoint(run / "train" / "checkpoints", "fp")
+    assert last is not None and last.state["trainer"]["step"] == stats["steps"]
+
+
+def test_early_stopping_keeps_the_best_weights(tmp_path, token_run):
+    run = fresh_run(tmp_path, token_run)
+    # min_delta so large that no evaluation after the first counts as better: stop after 2 more
+    cfg = tiny_cfg(max_steps=200, eval_every=5, early_stopping_patience=2, early_stopping_min_delta=100.0)
+    stats = run_train(ctx_for(run), cfg)
+    assert stats["stopped_by"] == "early_stopping" and stats["steps"] == 15 and stats["best_step"] == 5
+    best = read_checkpoint(run / "train" / "checkpoints" / "best", "fp")
+    final = load_file(run / "train" / "model" / "model.safetensors")
+    assert all(torch.equal(best.model_state[k], final[k]) for k in final)
+
+
+def test_tracking_backend_missing_is_a_one_line_config_error(tmp_path, token_run):
+    import importlib.util
+
+    from gristmill.errors import ConfigError
+
+    if importlib.util.find_spec("mlflow") is not None:
+        pytest.skip("mlflow is installed")
+    run = fresh_run(tmp_path, token_run)
+    with pytest.raises(ConfigError, match=r"gristmill\[tracking\]"):
+        run_train(ctx_for(run), tiny_cfg(mlflow=True))
