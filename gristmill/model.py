@@ -33,15 +33,15 @@ class ModelConfig(Config):
 
     vocab_size: int = 4096
     """Number of token ids; the train stage sets it from the tokenizer's ``meta.json``."""
-    block_size: int = 256
+    block_size: int = 128
     """Longest context in tokens the model is trained on (rotary tables extend past it for generation)."""
     n_layer: int = 4
     """Number of transformer blocks."""
-    n_head: int = 4
+    n_head: int = 2
     """Number of query heads; ``n_embd`` must be divisible by it."""
     n_kv_head: int | None = None
     """Number of key/value heads for grouped-query attention (None = ``n_head``, i.e. plain multi-head)."""
-    n_embd: int = 256
+    n_embd: int = 128
     """Width of the residual stream."""
     mlp_hidden: int | None = None
     """Hidden width of the SwiGLU MLP (None = 8/3 x n_embd rounded up to a multiple of 32)."""
@@ -51,12 +51,12 @@ class ModelConfig(Config):
     """Dropout on attention probabilities."""
     embd_dropout: float = 0.0
     """Dropout on the token embeddings."""
-    tie_embeddings: bool = True
+    tie_embeddings: bool = False
     """Share the token embedding matrix with the output head."""
     qk_norm: bool = False
     """RMS-normalise queries and keys per head before the rotary embedding (stabilises high learning rates)."""
-    logit_softcap: float | None = None
-    """If set, logits are squashed to (-cap, cap) with cap * tanh(logits / cap)."""
+    logit_softcap: float | None = 30.0
+    """If set, logits are squashed to (-cap, cap) with cap * tanh(logits / cap) (None = off)."""
     rope_theta: float = 10000.0
     """Base of the rotary embedding frequencies."""
     norm_eps: float = 1e-5

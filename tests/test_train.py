@@ -140,6 +140,11 @@ def test_param_groups_decay_matrices_only():
     muon_ids = {id(p) for g in muon.param_groups for p in g["params"]}
     assert muon_ids == {id(p) for n, p in m.named_parameters() if p.ndim == 2 and n.startswith("blocks.")}
     assert id(m.tok_emb.weight) not in muon_ids
+    # untied: the embedding gets embedding_lr, the head the plain AdamW rate
+    m = GPT(ModelConfig(vocab_size=50, **TINY_MODEL, tie_embeddings=False))
+    adamw, _ = build_optimizer(m, OptimConfig(optimizer="muon", lr=1e-3, embedding_lr=0.05)).optimizers
+    lr_of = {id(p): g["lr"] for g in adamw.param_groups for p in g["params"]}
+    assert lr_of[id(m.tok_emb.weight)] == 0.05 and lr_of[id(m.lm_head.weight)] == 1e-3
 
 
 @pytest.mark.parametrize("optimizer", ["muon", "adamw"])
@@ -334,3 +339,18 @@ def test_tracking_backend_missing_is_a_one_line_config_error(tmp_path, token_run
     run = fresh_run(tmp_path, token_run)
     with pytest.raises(ConfigError, match=r"gristmill\[tracking\]"):
         run_train(ctx_for(run), tiny_cfg(mlflow=True))
+
+
+def test_tensorboard_and_mlflow_when_installed(tmp_path, token_run):
+    pytest.importorskip("mlflow")
+    pytest.importorskip("tensorboard")
+    run = fresh_run(tmp_path, token_run)
+    run_train(ctx_for(run), tiny_cfg(max_steps=10, tensorboard=True, mlflow=True))
+    out = run / "train"
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{(out / 'mlflow.db').resolve()}")
+    runs = mlflow.search_runs(experiment_names=["gristmill"], output_format="list")
+    assert len(runs) == 1 and "train_loss" in runs[0].data.metrics
+    assert runs[0].data.params["model.n_layer"] == "2"

@@ -59,3 +59,15 @@ def test_two_processes_ddp_and_fsdp_match_single_process(tmp_path):
         assert s2["val_loss"] == pytest.approx(s1["val_loss"], rel=1e-4)
         w2 = load_file(runs / strategy / "train" / "model" / "model.safetensors")
         assert w1.keys() == w2.keys() and all(torch.allclose(w1[k], w2[k], atol=1e-4) for k in w1), strategy
+
+
+@pytest.mark.slow
+def test_two_processes_stop_together_on_the_time_budget(tmp_path):
+    runs = tmp_path / "runs"
+    make_tokenize_dir(runs / "budget")
+    recipe = write_recipe(tmp_path, runs, "budget", max_steps=100_000, time_budget=5.0, batch_size=8,
+                          eval_every=25, checkpoint_every=0, model={"n_layer": 2, "n_head": 2, "n_embd": 32,
+                                                                   "block_size": 32})
+    run_launch(recipe, 2)  # a rank that stopped alone would leave the other blocked in an all-reduce
+    s = stats(runs / "budget")
+    assert s["stopped_by"] == "time_budget" and s["processes"] == 2 and s["steps"] > 10

@@ -21,6 +21,9 @@ class OptimConfig(Config):
     embeddings, output head and norm gains."""
     lr: float = Field(3e-3, gt=0)
     """Peak AdamW learning rate (with ``muon``: the rate of the embeddings, head and gains)."""
+    embedding_lr: float | None = Field(None, gt=0)
+    """Peak AdamW learning rate of the token embedding (None = ``lr``); with tied embeddings it is also
+    the output head's."""
     matrix_lr: float = Field(0.02, gt=0)
     """Peak Muon learning rate of the hidden matrices (``optimizer: muon`` only)."""
     muon_momentum: float = Field(0.95, ge=0, lt=1)
@@ -98,7 +101,36 @@ class LoopConfig(OptimConfig):
 
 
 class TrainConfig(LoopConfig):
-    """Pre-training the transformer on the tokenize stage's token files."""
+    """Pre-training the transformer on the tokenize stage's token files.
+
+    The defaults are the recipe tuned on tinyshakespeare for 2 CPU cores (benchmarks/
+    train_tinyshakespeare.py): Muon for the hidden matrices, a higher AdamW rate for the untied embedding,
+    warm-up-stable-decay; the loop keys shared with fine-tuning keep their gentler ``LoopConfig`` defaults
+    there.
+    """
 
     model: ModelConfig = ModelConfig()
     """The model's shape and options; ``vocab_size`` is taken from the tokenizer's meta.json."""
+    optimizer: Literal["adamw", "muon"] = "muon"
+    """``adamw`` for every parameter, or ``muon`` for the hidden weight matrices with AdamW for the
+    embeddings, output head and norm gains."""
+    embedding_lr: float | None = Field(0.03, gt=0)
+    """Peak AdamW learning rate of the token embedding (None = ``lr``)."""
+    weight_decay: float = Field(0.0, ge=0)
+    """Decoupled weight decay on weight matrices (off: short runs see each token only a few times)."""
+    schedule: Literal["cosine", "wsd", "constant"] = "wsd"
+    """Learning-rate shape after warm-up (see ``OptimConfig.schedule``)."""
+    warmup_steps: int = Field(30, ge=0)
+    """Linear warm-up from 0 over this many optimiser steps."""
+    decay_frac: float = Field(0.4, ge=0, le=1)
+    """``wsd``: the fraction of the run (by steps, or by time under a time budget) spent decaying."""
+    min_lr_frac: float = Field(0.0, ge=0, le=1)
+    """The learning rate at the end of the decay, as a fraction of the peak."""
+    max_steps: int = Field(2000, ge=0)
+    """Optimiser steps to run (the schedule's length unless a time budget ends the run first)."""
+    eval_every: int = Field(250, ge=0)
+    """Validate every this many steps (0 = only at the end)."""
+    eval_tokens: int | None = Field(16384, ge=1)
+    """Validation tokens used by periodic evaluations (None = the whole split); the final one uses all."""
+    checkpoint_every: int = Field(250, ge=0)
+    """Write a resumable checkpoint every this many steps (0 = only at the end)."""

@@ -52,6 +52,15 @@ def _all_reduce_sum(t: torch.Tensor, rt: Runtime) -> torch.Tensor:
     return t
 
 
+def _broadcast_floats(values: list[float], rt: Runtime) -> list[float]:
+    """Rank 0's values on every rank."""
+    import torch.distributed as tdist
+
+    t = torch.tensor(values, dtype=torch.float64, device=rt.device)
+    tdist.broadcast(t, src=0)
+    return t.tolist()
+
+
 def train_step(model: nn.Module, opt: Optimizers | torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
                rt: Runtime, *, micro_batch_size: int | None = None, grad_clip: float = 0.0
                ) -> tuple[torch.Tensor, float | None]:
@@ -240,10 +249,6 @@ def fit(model: nn.Module, cfg: LoopConfig, rt: Runtime, train_data: BatchSource,
     def elapsed() -> float:
         return elapsed_before + time.monotonic() - t_start
 
-    def progress() -> float:
-        p = st.step / cfg.max_steps if cfg.max_steps else 1.0
-        return max(p, elapsed() / budget) if budget else p
-
     def save(best: bool = False) -> dict[str, torch.Tensor]:
         t0 = time.monotonic()
         st.elapsed = elapsed()
@@ -274,7 +279,7 @@ def fit(model: nn.Module, cfg: LoopConfig, rt: Runtime, train_data: BatchSource,
         per_tok = timing["eval_per_token"]
         if not per_tok and timing["step"]:  # no eval yet: forward-only is ~1/3 of a training step
             per_tok = timing["step"] / tokens_per_step * 0.5 * world
-        return per_tok * val_data.n_tokens + timing["ckpt"] + 0.05 * (budget or 0)
+        return per_tok * val_data.n_tokens + timing["ckpt"] + 0.01 * (budget or 0) + 0.25
 
     bar = None
     if main and cfg.progress:
@@ -292,11 +297,17 @@ def fit(model: nn.Module, cfg: LoopConfig, rt: Runtime, train_data: BatchSource,
             if st.step >= cfg.max_steps:
                 st.stopped_by = "max_steps"
                 break
-            if budget and st.step > 0 and elapsed() + timing["step"] + reserve() > budget:
+            now, out_of_time = elapsed(), 0.0
+            if budget and st.step > 0 and now + timing["step"] + reserve() > budget:
+                out_of_time = 1.0
+            if budget and rt.dist.enabled:  # every rank must stop at the same step and use the same lr
+                now, out_of_time = _broadcast_floats([now, out_of_time], rt)
+            if out_of_time:
                 st.stopped_by = "time_budget"
                 break
             t0 = time.monotonic()
-            lr_mult = lr_multiplier(st.step, progress(), cfg)
+            step_progress = st.step / cfg.max_steps if cfg.max_steps else 1.0
+            lr_mult = lr_multiplier(st.step, max(step_progress, now / budget) if budget else step_progress, cfg)
             set_lr(opt, lr_mult)
             x, y = train_data.next_batch()
             loss, gnorm = train_step(wrapped, opt, x, y, rt, micro_batch_size=micro, grad_clip=cfg.grad_clip)

@@ -61,6 +61,7 @@ class Muon(torch.optim.Optimizer):
                 loss = closure()
         for group in self.param_groups:
             lr, mom, wd = group["lr"], group["momentum"], group["weight_decay"]
+            by_shape: dict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = {}
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -72,11 +73,15 @@ class Muon(torch.optim.Optimizer):
                 buf = state["momentum_buffer"]
                 buf.mul_(mom).add_(p.grad)
                 update = p.grad.add(buf, alpha=mom) if group["nesterov"] else buf
-                update = orthogonalize(update, group["ns_steps"])
-                scale = math.sqrt(max(1.0, p.size(0) / p.size(1)))
-                if wd:
-                    p.mul_(1 - lr * wd)
-                p.add_(update, alpha=-lr * scale)
+                by_shape.setdefault(tuple(p.shape), []).append((p, update))
+            # Matrices of one shape are orthogonalised together as a batch: same maths, fewer calls.
+            for (rows, cols), items in by_shape.items():
+                updates = orthogonalize(torch.stack([u for _, u in items]), group["ns_steps"])
+                scale = math.sqrt(max(1.0, rows / cols))
+                for (p, _), u in zip(items, updates, strict=True):
+                    if wd:
+                        p.mul_(1 - lr * wd)
+                    p.add_(u, alpha=-lr * scale)
         return loss
 
 
@@ -109,9 +114,10 @@ class Optimizers:
 
 
 def param_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
-    """Split trainable parameters into ``hidden`` (2-D matrices inside the blocks), ``embed`` (token
-    embedding and output head) and ``gains`` (everything 1-D: norm gains, biases)."""
-    groups: dict[str, list[nn.Parameter]] = {"hidden": [], "embed": [], "gains": []}
+    """Split trainable parameters into ``hidden`` (2-D matrices inside the blocks), ``embed`` (the token
+    embedding), ``head`` (other matrices: an untied output head) and ``gains`` (everything 1-D: norm
+    gains, biases)."""
+    groups: dict[str, list[nn.Parameter]] = {"hidden": [], "embed": [], "head": [], "gains": []}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -119,36 +125,33 @@ def param_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
             groups["gains"].append(p)
         elif "blocks." in name:
             groups["hidden"].append(p)
-        else:
+        elif isinstance(model.get_submodule(name.rpartition(".")[0]), nn.Embedding):
             groups["embed"].append(p)
+        else:
+            groups["head"].append(p)
     return groups
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, fused: bool | None = None) -> Optimizers:
     """The optimiser(s) for ``model`` as ``cfg`` says; learning rates start at the peak (``base_lr``)."""
     g = param_groups(model)
-    betas = (cfg.beta1, cfg.beta2)
     on_cuda = next(model.parameters()).is_cuda
-    adam_kw: dict[str, Any] = {"betas": betas, "eps": 1e-8}
+    adam_kw: dict[str, Any] = {"betas": (cfg.beta1, cfg.beta2), "eps": 1e-8}
     if on_cuda:
         adam_kw["fused"] = True if fused is None else fused
     else:
         adam_kw["foreach"] = True
+    groups = [
+        {"params": g["embed"], "lr": cfg.embedding_lr or cfg.lr, "weight_decay": cfg.weight_decay},
+        {"params": g["head"], "lr": cfg.lr, "weight_decay": cfg.weight_decay},
+        {"params": g["gains"], "lr": cfg.lr, "weight_decay": 0.0},
+    ]
     if cfg.optimizer == "adamw":
-        groups = [
-            {"params": g["hidden"] + g["embed"], "lr": cfg.lr, "weight_decay": cfg.weight_decay},
-            {"params": g["gains"], "lr": cfg.lr, "weight_decay": 0.0},
-        ]
-        opts: list[torch.optim.Optimizer] = [torch.optim.AdamW([x for x in groups if x["params"]], **adam_kw)]
-    else:
-        groups = [
-            {"params": g["embed"], "lr": cfg.lr, "weight_decay": cfg.weight_decay},
-            {"params": g["gains"], "lr": cfg.lr, "weight_decay": 0.0},
-        ]
-        opts = [torch.optim.AdamW([x for x in groups if x["params"]], **adam_kw)]
-        if g["hidden"]:
-            opts.append(Muon(g["hidden"], lr=cfg.matrix_lr, momentum=cfg.muon_momentum,
-                             weight_decay=cfg.weight_decay))
+        groups.append({"params": g["hidden"], "lr": cfg.lr, "weight_decay": cfg.weight_decay})
+    opts: list[torch.optim.Optimizer] = [torch.optim.AdamW([x for x in groups if x["params"]], **adam_kw)]
+    if cfg.optimizer == "muon" and g["hidden"]:
+        opts.append(Muon(g["hidden"], lr=cfg.matrix_lr, momentum=cfg.muon_momentum,
+                         weight_decay=cfg.weight_decay))
     for o in opts:
         for group in o.param_groups:
             group["base_lr"] = group["lr"]

@@ -14,13 +14,13 @@ from typing import Any
 from gristmill.errors import ConfigError
 
 
-def _need(module: str, key: str):
+def _need(module: str, package: str, key: str):
     import importlib
 
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise ConfigError(f"{key} is on but {module.split('.')[0]} is not installed: "
+        raise ConfigError(f"{key} is on but {package} is not installed: "
                           f"pip install 'gristmill[tracking]' (or set {key}: false)") from None
 
 
@@ -36,10 +36,10 @@ class Tracker:
         self._file = open(self.path, "a", encoding="utf-8")
         self._tb = self._mlflow = None
         if tensorboard:
-            tb = _need("torch.utils.tensorboard", f"{key_prefix}.tensorboard")
+            tb = _need("torch.utils.tensorboard", "tensorboard", f"{key_prefix}.tensorboard")
             self._tb = tb.SummaryWriter(log_dir=str(Path(out_dir) / "tensorboard"))
         if mlflow:
-            mlf = _need("mlflow", f"{key_prefix}.mlflow")
+            mlf = _need("mlflow", "mlflow", f"{key_prefix}.mlflow")
             mlf.set_tracking_uri(f"sqlite:///{(Path(out_dir) / 'mlflow.db').resolve()}")
             mlf.set_experiment("gristmill")
             mlf.start_run(run_name=run_name)
