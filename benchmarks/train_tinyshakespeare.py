@@ -50,7 +50,7 @@ DEFAULT_TRAIN = {
     "model": {"n_layer": 4, "n_head": 2, "n_embd": 128, "block_size": 64, "dropout": 0.0,
               "tie_embeddings": False, "logit_softcap": 30.0, "qk_norm": False},
     "optimizer": "muon", "lr": 3e-3, "embedding_lr": 0.03, "matrix_lr": 0.02, "weight_decay": 0.0,
-    "schedule": "wsd", "warmup_steps": 30, "decay_frac": 0.4, "min_lr_frac": 0.0,
+    "schedule": "wsd", "warmup_steps": 30, "decay_frac": 0.6, "min_lr_frac": 0.0,
     "batch_size": 32, "max_steps": 100_000, "eval_every": 200, "eval_tokens": 8192, "checkpoint_every": 0,
     "eval_batch_size": 64, "log_every": 20, "grad_clip": 1.0, "device": "cpu", "compile": "off",
     "progress": False,
@@ -130,9 +130,14 @@ def main() -> None:
         picks = sorted({round(i * (len(rss) - 1) / 8) for i in range(9)})
         print("RSS over time (step, s, MB): " + ", ".join(f"({rss[i][0]}, {rss[i][1]:.0f}s, {rss[i][2]:.0f})"
                                                          for i in picks))
-        after = [m for s, _, m in rss if s >= rss[min(len(rss) - 1, 2)][0]]
-        print(f"RSS growth after warm-up (3rd record to end): {after[-1] - after[0]:+.1f} MB "
-              f"(max {max(after) - after[0]:+.1f} MB)")
+        first_eval = min((r["step"] for r in recs if "train/val_loss" in r), default=rss[0][0])
+        after = [m for s, _, m in rss if s >= first_eval]
+        half = len(after) // 2
+        if half:
+            first, second = sorted(after[:half])[half // 2], sorted(after[half:])[(len(after) - half) // 2]
+            print(f"RSS after the first evaluation (step {first_eval}): {min(after):.0f}-{max(after):.0f} MB; "
+                  f"median of the first half {first:.0f} MB, of the second half {second:.0f} MB "
+                  f"(drift {second - first:+.0f} MB)")
     print(f"total wall-clock {total_s:.1f}s of a {args.budget:.1f}s budget (tokenizer + encode "
           f"{tokenizer_s + encode_s:.1f}s, included)")
     print(f"{'':28s}{'val bpb':>9s}{'seconds':>9s}{'peak RSS':>10s}")

@@ -122,7 +122,7 @@ class TrainConfig(LoopConfig):
     """Learning-rate shape after warm-up (see ``OptimConfig.schedule``)."""
     warmup_steps: int = Field(30, ge=0)
     """Linear warm-up from 0 over this many optimiser steps."""
-    decay_frac: float = Field(0.4, ge=0, le=1)
+    decay_frac: float = Field(0.6, ge=0, le=1)
     """``wsd``: the fraction of the run (by steps, or by time under a time budget) spent decaying."""
     min_lr_frac: float = Field(0.0, ge=0, le=1)
     """The learning rate at the end of the decay, as a fraction of the peak."""
