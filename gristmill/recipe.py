@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +59,6 @@ def recipe_dict(recipe: Recipe) -> dict[str, Any]:
 
 def _type_name(annotation: Any) -> str:
     """A short, readable type: ``int | None``, ``list[str]``, ``"adamw" | "muon"``."""
-    import types
-    import typing
-
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if origin is typing.Literal:
@@ -74,8 +74,6 @@ def _type_name(annotation: Any) -> str:
 
 def _config_class(annotation: Any) -> type[Config] | None:
     """The Config class a field holds (directly, or as the items of a list), if any."""
-    import typing
-
     for cand in (annotation, *typing.get_args(annotation)):
         if isinstance(cand, type) and issubclass(cand, Config):
             return cand
@@ -83,8 +81,6 @@ def _config_class(annotation: Any) -> type[Config] | None:
 
 
 def _reference_rows(cls: type[Config], prefix: str) -> tuple[list[str], list[tuple[str, type[Config]]]]:
-    import json
-
     rows, nested = [], []
     for name, field in cls.model_fields.items():
         key = f"{prefix}{name}"

@@ -288,7 +288,6 @@ def fit(model: nn.Module, cfg: LoopConfig, rt: Runtime, train_data: BatchSource,
         bar = tqdm(total=cfg.max_steps, initial=st.step, desc=run_name, unit="step", file=sys.stderr,
                    dynamic_ncols=True, leave=True)
 
-    train_loss: float | None = None
     tokens_this_attempt, train_time = 0, 0.0
     loss_acc = torch.zeros((), device=rt.device)
     loss_n = 0
@@ -365,10 +364,8 @@ def fit(model: nn.Module, cfg: LoopConfig, rt: Runtime, train_data: BatchSource,
         if bar is not None:
             bar.close()
 
-    if loss_n:
-        train_loss = st.last_train_loss = float(_all_reduce_sum(loss_acc / loss_n, rt) / world)
-    if train_loss is None:
-        train_loss = st.last_train_loss
+    if loss_n:  # steps since the last log line (after a resume with nothing left: the checkpoint's value)
+        st.last_train_loss = float(_all_reduce_sum(loss_acc / loss_n, rt) / world)
     if cfg.early_stopping_patience and st.best_step is not None and (ckpt_root / "best").is_dir():
         best = read_checkpoint(ckpt_root / "best", fingerprint)
         if _fsdp(cfg, rt):
@@ -393,6 +390,6 @@ def fit(model: nn.Module, cfg: LoopConfig, rt: Runtime, train_data: BatchSource,
     if main:
         log(f"stopped by {st.stopped_by} at step {st.step} after {elapsed():.1f}s; final val loss "
             f"{val_loss if val_loss is None else round(val_loss, 4)} over {n:,} tokens")
-    return FitResult(model=result_model, state=st, train_loss=train_loss, val_loss=val_loss, val_nats=nats,
+    return FitResult(model=result_model, state=st, train_loss=st.last_train_loss, val_loss=val_loss, val_nats=nats,
                      val_tokens=n, tokens_per_s=tokens_this_attempt / max(train_time, 1e-9),
                      train_seconds=train_time, resumed_from=resumed_from, peak_rss_mb=peak_rss_mb())
