@@ -112,6 +112,70 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
 
 
+class _HeadLoss(torch.autograd.Function):
+    """Output head, soft-cap and cross-entropy in one pass over row chunks, gradients included.
+
+    The plain path materialises [N,V] logits and walks them a dozen times (matmul, divide, tanh,
+    multiply, log-softmax, gather, and the backward of each, plus a zero-filled gradient), so on a CPU
+    the head costs more than the transformer below it. Here each chunk of rows is small enough to stay
+    in cache: its logits, loss and logit gradient are computed together, then folded into the gradients
+    of x and the weight at once. The [N,V] tensor never exists; backward only scales what forward kept.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, softcap: float | None,
+                chunk: int) -> torch.Tensor:
+        # x [N,C], weight [V,C], targets [N] (IGNORE_INDEX = no loss); returns the mean loss over targets
+        want_x, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        valid = targets != IGNORE_INDEX
+        scale = 1.0 / valid.sum().clamp_min(1).float()
+        total = torch.zeros((), dtype=torch.float32, device=x.device)
+        grad_x = torch.empty_like(x) if want_x else None
+        grad_w = torch.zeros_like(weight, dtype=torch.float32) if want_w else None
+        for s in range(0, x.size(0), chunk):
+            xc, vc = x[s:s + chunk], valid[s:s + chunk]
+            tc = targets[s:s + chunk].clamp_min(0)[:, None]  # [R,1]; ignored rows are masked below
+            z = (xc @ weight.t()).float()  # [R,V]
+            if softcap:
+                t = z.div_(softcap).tanh_()  # z now holds tanh(logits / cap)
+                z = t * softcap
+            lse = torch.logsumexp(z, dim=-1)  # [R]
+            total += ((lse - z.gather(1, tc)[:, 0]) * vc).sum()
+            if not (want_x or want_w):
+                continue
+            # d loss / d logits = softmax - one_hot, per valid row, times d capped / d raw = 1 - tanh^2
+            g = z.sub_(lse[:, None]).exp_()
+            g.scatter_add_(1, tc, torch.full_like(g[:, :1], -1.0))
+            g.mul_((vc * scale)[:, None])
+            if softcap:
+                g.mul_(t.square_().neg_().add_(1.0))
+            g = g.to(x.dtype)
+            if want_x:
+                grad_x[s:s + chunk] = g @ weight
+            if want_w:
+                grad_w += g.t() @ xc
+        ctx.save_for_backward(grad_x, grad_w)
+        ctx.weight_dtype = weight.dtype
+        return total * scale
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        grad_x, grad_w = ctx.saved_tensors
+        gx = grad_x * grad_out if grad_x is not None else None
+        gw = (grad_w * grad_out).to(ctx.weight_dtype) if grad_w is not None else None
+        return gx, gw, None, None, None
+
+
+@torch.compiler.disable  # a Python loop of chunks: runs eagerly, the rest of the model still compiles
+def head_loss(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, softcap: float | None,
+              chunk_bytes: int = 1 << 20) -> torch.Tensor:
+    """Mean cross-entropy of ``softcap(x @ weight.T)`` against ``targets`` (-100 = ignored), without
+    materialising the logits. x [N,C], weight [V,C], targets [N]. Rows go in chunks of ~``chunk_bytes``
+    of float32 logits (1 MiB stays in a CPU core's L2 cache)."""
+    chunk = max(1, chunk_bytes // (4 * weight.size(0)))
+    return _HeadLoss.apply(x, weight, targets, softcap, chunk)
+
+
 class KVCache:
     """Keys and values of the tokens fed so far, for incremental decoding.
 
@@ -252,8 +316,10 @@ class GPT(nn.Module):
                        self.config.head_dim, p.device, p.dtype)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                cache: KVCache | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """idx [B,T] token ids -> (logits [B,T,V], mean cross-entropy over targets != -100, or None)."""
+                cache: KVCache | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """idx [B,T] token ids -> (logits [B,T,V], None) without targets; with targets [B,T]
+        (-100 = ignored), (None, mean cross-entropy over the others): the loss path never builds the
+        [B,T,V] logits (see ``head_loss``)."""
         B, T = idx.shape
         start = cache.pos if cache is not None else 0
         cos, sin = self._rotary(start, T)  # [T, D/2]
@@ -263,15 +329,14 @@ class GPT(nn.Module):
         if cache is not None:
             cache.pos += T
         x = self.norm(x)
-        logits = self.lm_head(x) if self.lm_head is not None else F.linear(x, self.tok_emb.weight)  # [B,T,V]
-        if self.config.logit_softcap:
-            cap = self.config.logit_softcap
-            logits = cap * torch.tanh(logits / cap)
-        loss = None
+        weight = self.lm_head.weight if self.lm_head is not None else self.tok_emb.weight  # [V,C]
+        cap = self.config.logit_softcap
         if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
-                                   ignore_index=IGNORE_INDEX)
-        return logits, loss
+            return None, head_loss(x.reshape(B * T, -1), weight, targets.reshape(-1), cap)
+        logits = F.linear(x, weight)  # [B,T,V]
+        if cap:
+            logits = cap * torch.tanh(logits / cap)
+        return logits, None
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
