@@ -28,6 +28,8 @@ class OptimConfig(Config):
     """Peak Muon learning rate of the hidden matrices (``optimizer: muon`` only)."""
     muon_momentum: float = Field(0.95, ge=0, lt=1)
     """Muon's (Nesterov) momentum."""
+    muon_ns_steps: int = Field(5, ge=1, le=10)
+    """Newton-Schulz iterations that orthogonalise each Muon update (fewer = cheaper, less orthogonal)."""
     weight_decay: float = Field(0.1, ge=0)
     """Decoupled weight decay on weight matrices (embeddings and head included); never on norm gains."""
     beta1: float = Field(0.9, ge=0, lt=1)

@@ -150,7 +150,7 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, fused: bool | None = Non
         groups.append({"params": g["hidden"], "lr": cfg.lr, "weight_decay": cfg.weight_decay})
     opts: list[torch.optim.Optimizer] = [torch.optim.AdamW([x for x in groups if x["params"]], **adam_kw)]
     if cfg.optimizer == "muon" and g["hidden"]:
-        opts.append(Muon(g["hidden"], lr=cfg.matrix_lr, momentum=cfg.muon_momentum,
+        opts.append(Muon(g["hidden"], lr=cfg.matrix_lr, momentum=cfg.muon_momentum, ns_steps=cfg.muon_ns_steps,
                          weight_decay=cfg.weight_decay))
     for o in opts:
         for group in o.param_groups:
