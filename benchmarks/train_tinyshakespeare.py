@@ -42,7 +42,7 @@ def parse_args() -> argparse.Namespace:
 
 
 # The tuned recipe (~60 full-budget runs on the 2-core machine picked it). The run is compute-bound, so
-# the model is sized for the budget: 3 layers x 128 (0.86M parameters) sees ~4 epochs and beat 4 x 128
+# the model is sized for the budget: 3 layers x 128 (0.87M parameters) sees ~4 epochs and beat 4 x 128
 # (2.14-2.15), 4 x 96 (2.13), 4 x 80 (2.13), 5 x 96 (2.13), 3 x 112 (2.14) and 4 x 64 (2.16). Batch 64 and
 # 3 Newton-Schulz iterations keep Muon's fixed per-step cost small (5 iterations were no better). Untied
 # embeddings with a high AdamW rate for the input embedding, logit soft-capping, warm-up-stable-decay

@@ -124,9 +124,11 @@ class _HeadLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, softcap: float | None,
-                chunk: int) -> torch.Tensor:
-        # x [N,C], weight [V,C], targets [N] (IGNORE_INDEX = no loss); returns the mean loss over targets
-        want_x, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+                chunk: int, grad_enabled: bool) -> torch.Tensor:
+        # x [N,C], weight [V,C], targets [N] (IGNORE_INDEX = no loss); returns the mean loss over targets.
+        # needs_input_grad only looks at requires_grad, which parameters keep under torch.no_grad, so the
+        # caller's grad mode (off inside forward) comes in as grad_enabled: evaluation skips the gradients.
+        want_x, want_w = (grad_enabled and ctx.needs_input_grad[i] for i in (0, 1))
         valid = targets != IGNORE_INDEX
         scale = 1.0 / valid.sum().clamp_min(1).float()
         total = torch.zeros((), dtype=torch.float32, device=x.device)
@@ -163,7 +165,7 @@ class _HeadLoss(torch.autograd.Function):
         grad_x, grad_w = ctx.saved_tensors
         gx = grad_x * grad_out if grad_x is not None else None
         gw = (grad_w * grad_out).to(ctx.weight_dtype) if grad_w is not None else None
-        return gx, gw, None, None, None
+        return gx, gw, None, None, None, None
 
 
 def head_loss(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, softcap: float | None,
@@ -175,7 +177,7 @@ def head_loss(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, soft
     if chunk_bytes is None:
         chunk_bytes = 1 << 20 if x.device.type == "cpu" else 256 << 20
     chunk = max(1, chunk_bytes // (4 * weight.size(0)))
-    return _HeadLoss.apply(x, weight, targets, softcap, chunk)
+    return _HeadLoss.apply(x, weight, targets, softcap, chunk, torch.is_grad_enabled())
 
 
 class KVCache:
