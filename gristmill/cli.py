@@ -2,7 +2,8 @@
 
     gristmill run RECIPE [--set key=value ...] [--force STAGE]   every stage, cached
     gristmill <stage> RECIPE [--set ...] [--force]              one stage (collect, prepare, ...)
-    gristmill serve RUN_DIR [--port 8000] [--api-key KEY]        OpenAI-compatible server + chat page
+    torchrun --nproc_per_node N -m gristmill train RECIPE        the same, on N processes
+    gristmill serve RUN_DIR [--port 8000] [--api-key-file F]     OpenAI-compatible server + chat page
     gristmill generate RUN_DIR --prompt TEXT [--chat]            sample from the command line
     gristmill recipes | gristmill show RECIPE [--set ...]        list / print resolved recipes
 
@@ -40,7 +41,7 @@ def _recipe_args(p: argparse.ArgumentParser) -> None:
 
 
 def _load(args: argparse.Namespace):
-    from gristmill.recipe import load_recipe
+    from gristmill.pipeline.recipe import load_recipe
 
     overrides = list(args.overrides)
     if getattr(args, "name", None):
@@ -56,7 +57,7 @@ def _run_args(p: argparse.ArgumentParser) -> None:
 
 @command("run", "run every stage of a recipe (stages whose inputs are unchanged are skipped)", _run_args)
 def cmd_run(args: argparse.Namespace) -> int:
-    from gristmill.pipeline import run_pipeline
+    from gristmill.pipeline.runner import run_pipeline
 
     recipe = _load(args)
     manifests = run_pipeline(recipe, only=args.only, force_from=args.force)
@@ -65,24 +66,22 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def print_summary(recipe: Any, manifests: dict[str, dict[str, Any]]) -> None:
+    """Where the run is, each stage's summary lines, and how to use the model."""
+    from gristmill.stages import STAGES
+
     run_dir = recipe.run_dir
     lines = [f"\nRun '{recipe.name}' is in {run_dir}/"]
-    ev = manifests.get("evaluate", {}).get("stats", {})
-    ft = manifests.get("finetune", {}).get("stats", {})
-    if "bits_per_byte" in ev:
-        lines.append(f"  base model        validation bits per byte {ev['bits_per_byte']:.3f}"
-                     f" (loss {ev.get('loss', float('nan')):.3f}, perplexity {ev.get('perplexity', float('nan')):.1f})")
-    if "lm_val_bpb_after" in ft:
-        lines.append(f"  fine-tuned model  validation bits per byte {ft['lm_val_bpb_after']:.3f}"
-                     f" (base {ft.get('lm_val_bpb_before', float('nan')):.3f} on the same tokens);"
-                     f" chat loss {ft.get('chat_val_loss_before', float('nan')):.3f} -> "
-                     f"{ft.get('chat_val_loss_after', float('nan')):.3f} on held-out conversations")
+    for st in STAGES:
+        m = manifests.get(st.name)
+        if m and st.summary is not None and st.name != "report":
+            lines += st.summary(m, run_dir)
     for stage in ("finetune", "train"):
         if (run_dir / stage / "model").is_dir():
             lines.append(f"  model   {run_dir / stage / 'model'}/")
             break
-    if (run_dir / "report" / "report.md").exists():
-        lines.append(f"  report  {run_dir / 'report' / 'report.md'}")
+    report = next((s for s in STAGES if s.name == "report"), None)
+    if report is not None and manifests.get("report") and report.summary is not None:
+        lines += report.summary(manifests["report"], run_dir)
     lines.append(f"  serve   gristmill serve {run_dir}   (then open http://127.0.0.1:{recipe.serve.port}/)")
     lines.append(f"  sample  gristmill generate {run_dir} --chat --prompt 'Who was Hamlet?'")
     print("\n".join(lines))
@@ -94,12 +93,12 @@ def _stage_command(name: str, help: str) -> None:
         p.add_argument("--force", action="store_true", help="re-run even if the cached output is current")
 
     def fn(a: argparse.Namespace) -> int:
-        from gristmill.pipeline import run_stage, stage
+        from gristmill.pipeline.runner import _world, run_pipeline
 
         recipe = _load(a)
-        recipe.run_dir.mkdir(parents=True, exist_ok=True)
-        m = run_stage(recipe, stage(name), force=a.force)
-        print(f"{name}: {recipe.run_dir / name}/ ({m['wall_time_s']:.1f}s)")
+        m = run_pipeline(recipe, only=[name], force={name} if a.force else None)[name]
+        if _world()[0] == 0:
+            print(f"{name}: {recipe.run_dir / name}/ ({m.get('wall_time_s', 0.0):.1f}s)")
         return 0
 
     command(name, help, args)(fn)
@@ -113,7 +112,7 @@ def _show_args(p: argparse.ArgumentParser) -> None:
 def cmd_show(args: argparse.Namespace) -> int:
     import yaml
 
-    from gristmill.recipe import recipe_dict
+    from gristmill.pipeline.recipe import recipe_dict
 
     print(yaml.safe_dump(recipe_dict(_load(args)), sort_keys=False), end="")
     return 0
@@ -121,7 +120,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 @command("keys", "print every recipe key with its type, default and meaning (Markdown)")
 def cmd_keys(args: argparse.Namespace) -> int:
-    from gristmill.recipe import recipe_reference
+    from gristmill.pipeline.reference import recipe_reference
 
     print(recipe_reference(), end="")
     return 0
@@ -129,7 +128,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 @command("recipes", "list the built-in recipes")
 def cmd_recipes(args: argparse.Namespace) -> int:
-    from gristmill.config import builtin_recipes
+    from gristmill.core.config import builtin_recipes
 
     for name in builtin_recipes():
         print(name)
@@ -145,15 +144,15 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 def _serve_config(args: argparse.Namespace):
     """The run's recorded ``serve`` section (if any), then the command-line flags on top."""
-    from gristmill.config import validate
-    from gristmill.serve import ServeConfig
-    from gristmill.workspace import read_json
+    from gristmill.core.config import validate
+    from gristmill.core.workspace import read_json
+    from gristmill.serve.config import ServeConfig
 
     data: dict[str, Any] = {}
     recorded = Path(args.path) / "recipe.json"
     if recorded.is_file():
         data = dict(read_json(recorded).get("serve") or {})
-    for key in ("host", "port", "api_key", "model", "device"):
+    for key in ("host", "port", "api_key_file", "model", "device"):
         if getattr(args, key, None) is not None:
             data[key] = getattr(args, key)
     return validate(ServeConfig, data, "serve options")
@@ -163,15 +162,22 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     _model_args(p)
     p.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="TCP port (default 8000)")
-    p.add_argument("--api-key", dest="api_key",
-                   help="require `Authorization: Bearer KEY` on /v1/* (or set GRISTMILL_API_KEY)")
+    p.add_argument("--api-key-file", dest="api_key_file",
+                   help="require `Authorization: Bearer KEY` on /v1/*, KEY being this file's first line "
+                        "(or set GRISTMILL_API_KEY)")
+    p.add_argument("--api-key", dest="api_key", help="the key itself (visible to other users in the process "
+                                                        "list: prefer --api-key-file or GRISTMILL_API_KEY)")
 
 
 @command("serve", "serve a model over an OpenAI-compatible HTTP API, with a chat page at /", _serve_args)
 def cmd_serve(args: argparse.Namespace) -> int:
-    from gristmill.serve import serve
+    from gristmill.core.extras import check
 
-    serve(Path(args.path), _serve_config(args))
+    check("fastapi", "serve", "gristmill serve")
+    check("uvicorn", "serve", "gristmill serve")
+    from gristmill.serve.app import serve
+
+    serve(Path(args.path), _serve_config(args), api_key=args.api_key)
     return 0
 
 
@@ -190,20 +196,20 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
 @command("generate", "sample text from a model on the command line (streams to stdout)", _generate_args)
 def cmd_generate(args: argparse.Namespace) -> int:
     from gristmill.errors import InputError
-    from gristmill.generate import SamplingParams, is_model_dir, load_for_inference, resolve_model_dir, stream
+    from gristmill.inference.sampling import SamplingParams
+    from gristmill.inference.stream import stream
+    from gristmill.model.io import load_for_inference, resolve_model_dir
     from gristmill.runtime import resolve_device
 
-    path = Path(args.path)
-    if not path.exists():
-        raise InputError(f"{path} does not exist; pass a run directory (runs/<name>) or a model directory")
-    model_dir = path if is_model_dir(path) else resolve_model_dir(path, args.model or "auto")
+    model_dir = resolve_model_dir(Path(args.path), args.model or "auto")
     model, tokenizer = load_for_inference(model_dir, resolve_device(args.device or "auto"))
     prompt = args.prompt
     if args.chat:
-        from gristmill.chat import render_chat
+        from gristmill.formats.chat import encode_chat
 
         messages = ([{"role": "system", "content": args.system}] if args.system else [])
-        prompt = render_chat(messages + [{"role": "user", "content": args.prompt}], add_generation_prompt=True)
+        prompt, _ = encode_chat(tokenizer, messages + [{"role": "user", "content": args.prompt}],
+                                add_generation_prompt=True)
     try:
         params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                 top_k=args.top_k, top_p=args.top_p, seed=args.seed)
@@ -218,7 +224,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from gristmill.pipeline import STAGES
+    from gristmill.stages import STAGES
 
     for st in STAGES:
         if st.name not in COMMANDS:

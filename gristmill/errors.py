@@ -16,3 +16,12 @@ class ConfigError(GristmillError):
 
 class InputError(GristmillError):
     """An input path, file or upstream stage output is missing or unreadable."""
+
+
+class MissingExtra(ConfigError):
+    """A feature the recipe or command uses needs an optional extra that is not installed."""
+
+    def __init__(self, feature: str, extra: str, module: str):
+        super().__init__(f"{feature} needs the '{extra}' extra ({module} is not installed): "
+                         f"pip install 'gristmill[{extra}]'")
+        self.extra = extra

@@ -1,7 +1,8 @@
-"""serve: an OpenAI-compatible HTTP server for a trained model, with a chat page at ``/``.
+"""serve: the HTTP face, an OpenAI-compatible server for a trained model with a chat page at ``/``.
 
-``ServeConfig`` is imported eagerly (recipes need it); the app itself (FastAPI, the model) loads only
-when ``create_app`` or ``serve`` is first used.
+``ServeConfig`` (``serve.config``) is light (recipes need it); the app (``serve.app``: FastAPI, the model)
+and the API shapes (``serve.openai``) load only when ``create_app`` or ``serve`` is first used. Needs the
+``serve`` extra.
 """
 
 from __future__ import annotations

@@ -5,8 +5,9 @@ the model at the same time and the event loop stays free to accept connections a
 A streamed response hands the worker's text deltas to the event loop through a queue; if the client
 goes away the worker stops at its next token.
 
-Errors use OpenAI's body, ``{"error": {"message", "type", "param", "code"}}``: 400 for an invalid
-request, 401 for a missing or wrong API key, 404 for an unknown path.
+Errors use OpenAI's body, ``{"error": {"message", "type", "param", "code"}}`` (:mod:`gristmill.serve.openai`):
+400 for an invalid request (a prompt plus ``max_tokens`` beyond the context window included), 401 for a
+missing or wrong API key, 404 for an unknown path or model name.
 """
 
 from __future__ import annotations
@@ -27,159 +28,44 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from gristmill.chat import encode_chat
 from gristmill.errors import GristmillError, InputError
-from gristmill.generate import (
-    PromptTooLongError,
-    SamplingParams,
-    TextStream,
-    encode_prompt,
-    fit_prompt,
-    is_model_dir,
-    load_for_inference,
-    resolve_model_dir,
-)
+from gristmill.formats.chat import encode_chat
+from gristmill.inference.sampling import SamplingParams
+from gristmill.inference.stream import PromptTooLongError, TextStream, encode_prompt, fit_prompt
+from gristmill.model.io import load_for_inference, resolve_model_dir
 from gristmill.runtime import resolve_device
 from gristmill.serve.config import ServeConfig
+from gristmill.serve.openai import (
+    APIError,
+    ChatRequest,
+    CompletionRequest,
+    _validation_message,
+    error_response,
+)
 
-API_KEY_ENV = "GRISTMILL_API_KEY"
-
-
-# ----------------------------------------------------------------------------------------------------
-# Request bodies (unknown fields such as ``user`` or ``presence_penalty`` are accepted and ignored)
-
-
-class StreamOptions(BaseModel):
-    include_usage: bool = False
-
-
-class _Sampling(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    # Clients often send null for "not set": every optional field accepts it and means the default.
-    model: str | None = None
-    """Accepted and ignored: the server has one model, named in every response."""
-    max_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0, le=2)
-    """Default 1; 0 is greedy."""
-    top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=0)
-    n: int | None = None
-    stream: bool | None = False
-    stream_options: StreamOptions | None = None
-    stop: str | list[str] | None = None
-    seed: int | None = None
-
-    @field_validator("n")
-    @classmethod
-    def _one_choice(cls, v: int | None) -> int | None:
-        if v not in (None, 1):
-            raise ValueError("only n=1 is supported")
-        return v
-
-    @field_validator("stop")
-    @classmethod
-    def _stops(cls, v: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(v, list) and len(v) > 16:
-            raise ValueError("at most 16 stop strings")
-        return v
-
-    def params(self, default_max_tokens: int) -> SamplingParams:
-        stop = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
-        return SamplingParams(max_new_tokens=self.max_tokens or default_max_tokens,
-                              temperature=1.0 if self.temperature is None else self.temperature,
-                              top_k=self.top_k or None, top_p=self.top_p, stop=stop, seed=self.seed)
+FAVICON = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><circle cx="8" cy="8" r="7" '
+           'fill="#8a6d3b"/><circle cx="8" cy="8" r="2.5" fill="#f5e6c8"/></svg>')
+"""A millstone: served at /favicon.ico so browsers do not log a 404."""
 
 
-class CompletionRequest(_Sampling):
-    prompt: str | list[str] | list[int]
-    """One prompt, a list of prompts (one choice each), or one prompt as token ids."""
-
-    @field_validator("prompt")
-    @classmethod
-    def _non_empty(cls, v: str | list[str] | list[int]) -> str | list[str] | list[int]:
-        if isinstance(v, list) and not v:
-            raise ValueError("prompt must not be an empty list")
-        return v
-
-
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    role: str
-    content: str | list[dict[str, Any]]
-
-    def text(self) -> str:
-        """The content as text; OpenAI's list-of-parts form is joined from its text parts."""
-        if isinstance(self.content, str):
-            return self.content
-        parts = []
-        for part in self.content:
-            if part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise InputError("only text content parts ({'type': 'text', 'text': ...}) are supported")
-            parts.append(part["text"])
-        return "".join(parts)
-
-
-class ChatRequest(_Sampling):
-    messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    """Newer name for max_tokens; wins when both are given."""
-
-    def params(self, default_max_tokens: int) -> SamplingParams:
-        p = super().params(default_max_tokens)
-        if self.max_completion_tokens:
-            p.max_new_tokens = self.max_completion_tokens
-        return p
-
-
-# ----------------------------------------------------------------------------------------------------
-# Errors
-
-
-def error_response(status: int, message: str, type_: str = "invalid_request_error",
-                   param: str | None = None, code: str | None = None) -> JSONResponse:
-    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
-    return JSONResponse(body, status_code=status)
-
-
-class APIError(Exception):
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error",
-                 code: str | None = None):
-        super().__init__(message)
-        self.status, self.message, self.type, self.code = status, message, type_, code
-
-
-UNION_TYPES = {
-    "prompt": "a string, a list of strings, or a list of token ids",
-    "stop": "a string or a list of strings",
-    "content": "a string or a list of text parts",
-}
-"""What a field with several accepted types takes, for the error message when none fits."""
-
-
-def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
-    """One sentence naming the first offending field, and the field (OpenAI's ``param``)."""
-    errors = exc.errors()
-    err = errors[0]
-    if err.get("type") == "json_invalid":
-        return "the request body is not valid JSON", None
-    loc = [str(p) for p in err.get("loc", ()) if p != "body"]
-    # pydantic reports a failed union once per member type, with the type in the location
-    # (prompt.str, prompt.list[str].0 ...); cut the location at the first such part
-    for i, part in enumerate(loc):
-        if part in ("str", "int") or part.startswith("list["):
-            union_at = ".".join(loc[:i])
-            field = loc[i - 1] if i else ""
-            return f"{union_at}: must be {UNION_TYPES.get(field, 'of another type')}", union_at
-    param = ".".join(loc) or None
-    msg = err.get("msg", "invalid request").removeprefix("Value error, ")
-    return (f"{param}: {msg}" if param else msg), param
+def read_api_key(cfg: ServeConfig, key: str | None = None) -> str | None:
+    """The API key: given directly, else the first line of ``api_key_file``, else ``$api_key_env``."""
+    if key:
+        return key
+    if cfg.api_key_file:
+        path = Path(cfg.api_key_file).expanduser()
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except OSError as e:
+            raise InputError(f"cannot read the API key file {path}: {e.strerror}") from None
+        if not lines or not lines[0].strip():
+            raise InputError(f"the API key file {path} is empty; put the key on its first line")
+        return lines[0].strip()
+    return os.environ.get(cfg.api_key_env) or None
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -194,9 +80,19 @@ class Engine:
         self.block_size = self.model.config.block_size
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gristmill-generate")
 
-    def start(self, prompt_ids: list[int], params: SamplingParams) -> TextStream:
-        """Check the prompt fits (PromptTooLongError otherwise) and return an unstarted stream."""
-        return TextStream(self.model, self.tokenizer, fit_prompt(prompt_ids, self.block_size, False), params)
+    def start(self, prompt_ids: list[int], params: SamplingParams, asked: int | None = None) -> TextStream:
+        """Check the prompt fits (PromptTooLongError otherwise) and return an unstarted stream.
+
+        ``asked``: the ``max_tokens`` the client set; prompt plus that must fit the context window. Without
+        it, the default is cut to the room left."""
+        ids = fit_prompt(prompt_ids, self.block_size, False)
+        room = self.block_size - len(ids)
+        if asked is not None and asked > room:
+            raise PromptTooLongError(
+                f"this model's context window is {self.block_size} tokens; the prompt has {len(ids)} and "
+                f"max_tokens asks for {asked} more: ask for at most {room}")
+        params.max_new_tokens = min(params.max_new_tokens, room)
+        return TextStream(self.model, self.tokenizer, ids, params)
 
     async def run(self, fn: Callable[[], Any]) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn)
@@ -260,13 +156,15 @@ def default_model_name(model_dir: Path) -> str:
 # The app
 
 
-def create_app(model_dir: Path, cfg: ServeConfig | None = None, model_name: str | None = None) -> FastAPI:
-    """The FastAPI app serving the model in ``model_dir`` (loaded now, on ``cfg.device``)."""
+def create_app(model_dir: Path, cfg: ServeConfig | None = None, model_name: str | None = None,
+               api_key: str | None = None) -> FastAPI:
+    """The FastAPI app serving the model in ``model_dir`` (loaded now, on ``cfg.device``). The API key is
+    ``api_key``, else read as :func:`read_api_key` says; without one the API is open."""
     cfg = cfg or ServeConfig()
     model_dir = Path(model_dir)
     engine = Engine(model_dir, cfg.device)
     name = model_name or default_model_name(model_dir)
-    api_key = cfg.api_key or os.environ.get(API_KEY_ENV) or None
+    api_key = read_api_key(cfg, api_key)
     created = int(time.time())
 
     @asynccontextmanager
@@ -290,7 +188,7 @@ def create_app(model_dir: Path, cfg: ServeConfig | None = None, model_name: str 
 
     @app.exception_handler(APIError)
     async def _api(request: Request, exc: APIError) -> JSONResponse:
-        return error_response(exc.status, exc.message, exc.type, code=exc.code)
+        return error_response(exc.status, exc.message, exc.type, param=exc.param, code=exc.code)
 
     @app.exception_handler(GristmillError)
     async def _user(request: Request, exc: GristmillError) -> JSONResponse:
@@ -308,12 +206,21 @@ def create_app(model_dir: Path, cfg: ServeConfig | None = None, model_name: str 
 
     auth = [Depends(check_key)]
 
+    def check_model(requested: str | None) -> None:
+        if requested not in (None, "", name):
+            raise APIError(404, f"the model '{requested}' does not exist; this server serves '{name}' "
+                                f"(GET /v1/models)", code="model_not_found", param="model")
+
     static = resources.files("gristmill.serve") / "static"
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
 
     @app.get("/", include_in_schema=False)
     async def chat_page() -> HTMLResponse:
         return HTMLResponse((static / "index.html").read_text(encoding="utf-8"))
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> Response:
+        return Response(FAVICON, media_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"})
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -327,13 +234,15 @@ def create_app(model_dir: Path, cfg: ServeConfig | None = None, model_name: str 
 
     @app.post("/v1/completions", dependencies=auth, response_model=None)
     async def completions(req: CompletionRequest) -> JSONResponse | StreamingResponse:
+        check_model(req.model)
         params = req.params(cfg.max_tokens)
         prompts = req.prompt if isinstance(req.prompt, list) and isinstance(req.prompt[0], str) else [req.prompt]
         vocab = engine.model.config.vocab_size
         if isinstance(req.prompt, list) and isinstance(req.prompt[0], int) and not all(
                 0 <= t < vocab for t in req.prompt):
             raise APIError(400, f"prompt: token ids must be in [0, {vocab})")
-        streams = [engine.start(encode_prompt(engine.tokenizer, p), params) for p in prompts]
+        streams = [engine.start(encode_prompt(engine.tokenizer, p), SamplingParams(**vars(params)), req.asked_tokens)
+                   for p in prompts]
         rid, now = f"cmpl-{uuid.uuid4().hex}", int(time.time())
 
         def chunk(index: int, text: str, finish: str | None) -> dict[str, Any]:
@@ -363,10 +272,11 @@ def create_app(model_dir: Path, cfg: ServeConfig | None = None, model_name: str 
 
     @app.post("/v1/chat/completions", dependencies=auth, response_model=None)
     async def chat_completions(req: ChatRequest) -> JSONResponse | StreamingResponse:
+        check_model(req.model)
         params = req.params(cfg.max_tokens)
         messages = [{"role": m.role, "content": m.text()} for m in req.messages]
         ids, _ = encode_chat(engine.tokenizer, messages, add_generation_prompt=True)
-        s = engine.start(ids, params)
+        s = engine.start(ids, params, req.asked_tokens)
         rid, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
         if not req.stream:
@@ -412,17 +322,14 @@ def _event_stream(engine: Engine, produce: Callable[[], Iterator[dict[str, Any]]
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-def serve(run_or_model_dir: Path, cfg: ServeConfig | None = None) -> None:
+def serve(run_or_model_dir: Path, cfg: ServeConfig | None = None, api_key: str | None = None) -> None:
     """Serve a model directory, or the model of a run directory (``cfg.model`` picks which), until stopped."""
     import uvicorn
 
     cfg = cfg or ServeConfig()
-    path = Path(run_or_model_dir)
-    if not path.exists():
-        raise InputError(f"{path} does not exist; pass a run directory (runs/<name>) or a model directory")
-    model_dir = path if is_model_dir(path) else resolve_model_dir(path, cfg.model)
-    app = create_app(model_dir, cfg)
-    key = cfg.api_key or os.environ.get(API_KEY_ENV)
+    model_dir = resolve_model_dir(Path(run_or_model_dir), cfg.model)
+    key = read_api_key(cfg, api_key)
+    app = create_app(model_dir, cfg, api_key=key)
     print(f"serving {model_dir} as '{app.state.model_name}' on http://{cfg.host}:{cfg.port}/ "
           f"(chat page at /, OpenAI API at /v1{', API key required' if key else ''})", flush=True)
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="info")

@@ -2,25 +2,37 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from gristmill.config import Config
+from gristmill.core.config import Config
 
 
 class ServeConfig(Config):
     """OpenAI-compatible HTTP server and chat page."""
 
     host: str = "127.0.0.1"
-    """Interface to listen on; 127.0.0.1 keeps the server local (use 0.0.0.0 to expose it, with api_key)."""
+    """Interface to listen on; 127.0.0.1 keeps the server local (use 0.0.0.0 to expose it, with an API key)."""
     port: int = Field(8000, ge=0, le=65535)
     """TCP port to listen on."""
-    api_key: str | None = None
-    """If set (or GRISTMILL_API_KEY is), /v1/* require ``Authorization: Bearer <key>``; / and /health stay open."""
+    api_key_env: str = Field("GRISTMILL_API_KEY", min_length=1)
+    """Environment variable that holds the API key; when it is set, /v1/* require ``Authorization: Bearer
+    <key>`` (/ and /health stay open). Keys are never written into recipes or manifests."""
+    api_key_file: str | None = None
+    """A file whose first line is the API key (instead of the environment variable)."""
     model: Literal["auto", "train", "finetune"] = "auto"
     """Which model of a run to serve: auto = the fine-tuned one if it exists, else the pre-trained one."""
     max_tokens: int = Field(256, ge=1)
     """Tokens generated when a request does not say (max_tokens); also capped by the context window."""
     device: str = "auto"
     """auto, cpu, cuda or cuda:N."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_secrets(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "api_key" in data:
+            raise ValueError("serve.api_key is not a recipe key: a secret must not be written into recipes or "
+                             "run records; put the key in the GRISTMILL_API_KEY environment variable or in a "
+                             "file named by serve.api_key_file")
+        return data

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from gristmill.workspace import sha256_file, write_json
+from gristmill.core.workspace import sha256_file, write_json
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
 MODEL_FILE, TENSORS_FILE, STATE_FILE = "model.safetensors", "state.safetensors", "state.json"

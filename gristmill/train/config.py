@@ -1,6 +1,7 @@
-"""Training configs. ``OptimConfig`` (optimiser and schedule) < ``LoopConfig`` (the loop: batches, budget,
-evaluation, checkpoints, tracking, runtime) < ``TrainConfig`` (pre-training: adds the model). Fine-tuning
-can subclass ``LoopConfig`` and reuse ``gristmill.train.fit`` unchanged, so both stages take the same keys.
+"""Training configs (pydantic only, no torch). ``OptimConfig`` (optimiser and schedule) < ``LoopConfig``
+(the loop: batches, budget, evaluation, checkpoints, tracking, runtime) < ``TrainConfig`` (pre-training:
+adds the model) and ``FinetuneConfig`` (fine-tuning: gentler defaults); both run ``gristmill.train.loop.fit``
+and take the same keys.
 """
 
 from __future__ import annotations
@@ -9,8 +10,9 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from gristmill.config import Config
-from gristmill.model import ModelConfig
+from gristmill.core.config import Config
+from gristmill.core.extras import check
+from gristmill.model.config import ModelConfig
 
 
 class OptimConfig(Config):
@@ -101,6 +103,13 @@ class LoopConfig(OptimConfig):
             raise ValueError("optimizer muon needs whole matrices: use distributed: ddp with it")
         return self
 
+    def check_extras(self, section: str) -> None:
+        """The trackers this config switches on are installed (MissingExtra naming the extra if not)."""
+        if self.tensorboard:
+            check("tensorboard", "tracking", f"{section}.tensorboard")
+        if self.mlflow:
+            check("mlflow", "tracking", f"{section}.mlflow")
+
 
 class TrainConfig(LoopConfig):
     """Pre-training the transformer on the tokenize stage's token files.
@@ -137,3 +146,29 @@ class TrainConfig(LoopConfig):
     """Validation tokens used by periodic evaluations (None = the whole split); the final one uses all."""
     checkpoint_every: int = Field(200, ge=0)
     """Write a resumable checkpoint every this many steps (0 = only at the end)."""
+
+
+class FinetuneConfig(LoopConfig):
+    """Supervised fine-tuning: the pre-training loop's keys, with defaults for a short, gentle run."""
+
+    max_steps: int = Field(200, ge=0)
+    """Optimiser steps to run (the schedule's length unless the time budget ends the run first)."""
+    batch_size: int = Field(16, ge=1)
+    """Conversations per optimiser step, over all processes and accumulation steps."""
+    lr: float = Field(1e-3, gt=0)
+    """Peak AdamW learning rate (lower than pre-training: the model already knows the language)."""
+    weight_decay: float = Field(0.0, ge=0)
+    """Decoupled weight decay on weight matrices (off by default for a short fine-tune)."""
+    warmup_steps: int = Field(10, ge=0)
+    """Linear warm-up from 0 over this many optimiser steps."""
+    eval_every: int = Field(50, ge=0)
+    """Chat validation loss every this many steps (0 = only at the end)."""
+    eval_tokens: int | None = Field(None, ge=1)
+    """Assistant tokens used by periodic chat validations (None = every val conversation)."""
+    eval_batch_size: int = Field(16, ge=1)
+    """Conversations per forward pass when validating."""
+    checkpoint_every: int = Field(100, ge=0)
+    """Write a resumable checkpoint every this many steps (0 = only at the end)."""
+    lm_eval_tokens: int | None = Field(None, ge=0)
+    """Tokens of tokenize's val.bin for the language-model bits per byte before and after fine-tuning
+    (None = the same tokens the evaluate stage scores, so the numbers compare; 0 = skip)."""

@@ -2,8 +2,12 @@
 
 ``fit`` runs it end to end: optimiser, resume from the newest good checkpoint, gradient accumulation,
 clipping, schedule, periodic validation, checkpoints, early stopping, a wall-clock budget, tracking and
-a progress bar, then a final evaluation and checkpoint. Its pieces (``train_step``, ``evaluate``,
-``TrainerState``) are usable on their own.
+progress, then a final evaluation and checkpoint. Its pieces (``train_step``, ``evaluate``,
+``TrainerState``, ``Progress``) are usable on their own.
+
+Validation has two token sets, each labelled where it is reported: the periodic evaluations (the curve,
+early stopping) score the first ``eval_tokens`` tokens of the split; the final evaluation scores the
+whole split (and the first ``eval_tokens`` again, so the curve's last point is comparable).
 """
 
 from __future__ import annotations
@@ -20,8 +24,10 @@ from typing import Any, Protocol
 import torch
 import torch.nn as nn
 
-from gristmill.model import IGNORE_INDEX, unwrap
+from gristmill.eval.lm import sum_loss
+from gristmill.model.gpt import unwrap
 from gristmill.runtime import Runtime, current_rss_mb, peak_rss_mb, rng_state, set_rng_state
+from gristmill.train.batches import BatchSource
 from gristmill.train.checkpoint import (
     latest_checkpoint,
     prune_checkpoints,
@@ -30,7 +36,6 @@ from gristmill.train.checkpoint import (
     write_checkpoint,
 )
 from gristmill.train.config import LoopConfig
-from gristmill.train.data import BatchSource
 from gristmill.train.optim import Optimizers, build_optimizer, lr_multiplier, set_lr
 from gristmill.train.tracking import Tracker
 
@@ -93,25 +98,58 @@ def train_step(model: nn.Module, opt: Optimizers | torch.optim.Optimizer, x: tor
     return total, norm
 
 
-@torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], rt: Runtime
              ) -> tuple[float, int]:
     """Sum of the loss in nats over every target != -100, and their count (summed over all processes)."""
-    was_training = model.training
-    model.eval()
-    nats = torch.zeros((), dtype=torch.float64, device=rt.device)
-    count = torch.zeros((), dtype=torch.float64, device=rt.device)
-    for x, y in batches:
-        x, y = x.to(rt.device), y.to(rt.device)
-        with rt.autocast():
-            _, loss = model(x, y)
-        n = (y != IGNORE_INDEX).sum()
-        if n > 0:
-            nats += loss.double() * n
-            count += n
-    nats, count = _all_reduce_sum(nats, rt), _all_reduce_sum(count, rt)
-    model.train(was_training)
-    return float(nats), int(count)
+    return sum_loss(model, batches, rt.device, rt.autocast, lambda t: _all_reduce_sum(t, rt))
+
+
+class Progress:
+    """Training progress on stderr: a live bar in a terminal; in a log file, one line every ``every_s``
+    seconds. The time left is the sooner of the steps left at the current pace and the time budget."""
+
+    def __init__(self, total: int, initial: int, desc: str, budget: float | None, every_s: float = 30.0,
+                 interactive: bool | None = None):
+        self.total, self.desc, self.budget, self.every_s = total, desc, budget, every_s
+        self.interactive = sys.stderr.isatty() if interactive is None else interactive
+        self.step, self.last_line, self.started = initial, time.monotonic(), time.monotonic()
+        self.first = initial
+        self.post: dict[str, str] = {}
+        self.bar = None
+        if self.interactive:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, desc=desc, unit="step", file=sys.stderr,
+                            dynamic_ncols=True, leave=True,
+                            bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
+
+    def eta(self, elapsed: float) -> float | None:
+        """Seconds left: steps left at the pace so far, capped by the time budget."""
+        done = self.step - self.first
+        pace = (time.monotonic() - self.started) / done if done else None
+        left = None if pace is None else pace * (self.total - self.step)
+        if self.budget:
+            budget_left = max(0.0, self.budget - elapsed)
+            left = budget_left if left is None else min(left, budget_left)
+        return left
+
+    def update(self, step: int, elapsed: float, **post: str) -> None:
+        self.step = step
+        if post:
+            self.post = post
+        eta = self.eta(elapsed)
+        fields = {**self.post, **({"eta": f"{eta:.0f}s"} if eta is not None else {})}
+        if self.bar is not None:
+            self.bar.set_postfix(fields, refresh=False)
+            self.bar.update(step - self.bar.n)
+        elif time.monotonic() - self.last_line >= self.every_s:
+            self.last_line = time.monotonic()
+            print(f"{self.desc}: step {step}/{self.total} " + " ".join(f"{k} {v}" for k, v in fields.items()),
+                  file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 @dataclass
@@ -144,6 +182,8 @@ class FitResult:
     train_seconds: float
     resumed_from: int | None
     peak_rss_mb: float
+    curve_val_loss: float | None = None
+    """Mean loss over the first ``eval_tokens`` tokens at the end: the token set of the curve's points."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -279,14 +319,10 @@ def fit(model: nn.Module, cfg: LoopConfig, rt: Runtime, train_data: BatchSource,
         per_tok = timing["eval_per_token"]
         if not per_tok and timing["step"]:  # no eval yet: forward-only is ~1/3 of a training step
             per_tok = timing["step"] / tokens_per_step * 0.5 * world
-        return per_tok * val_data.n_tokens + timing["ckpt"] + 0.01 * (budget or 0) + 0.25
+        final_tokens = val_data.n_tokens + min(cfg.eval_tokens or 0, val_data.n_tokens)  # whole split + curve set
+        return per_tok * final_tokens + timing["ckpt"] + 0.01 * (budget or 0) + 0.25
 
-    bar = None
-    if main and cfg.progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=cfg.max_steps, initial=st.step, desc=run_name, unit="step", file=sys.stderr,
-                   dynamic_ncols=True, leave=True)
+    bar = Progress(cfg.max_steps, st.step, run_name, budget) if main and cfg.progress else None
 
     tokens_this_attempt, train_time = 0, 0.0
     loss_acc = torch.zeros((), device=rt.device)
@@ -333,12 +369,9 @@ def fit(model: nn.Module, cfg: LoopConfig, rt: Runtime, train_data: BatchSource,
                         rec["grad_norm"] = gnorm
                     tracker.log(st.step, rec)
                 if bar is not None:
-                    post = {"loss": f"{train_loss:.3f}", "tok/s": f"{tok_s:,.0f}"}
-                    if budget:
-                        post["left"] = f"{max(0.0, budget - elapsed()):.0f}s"
-                    bar.set_postfix(post, refresh=False)
+                    bar.post = {"loss": f"{train_loss:.3f}", "tok/s": f"{tok_s:,.0f}"}
             if bar is not None:
-                bar.update(1)
+                bar.update(st.step, elapsed())
 
             last = st.step >= cfg.max_steps
             if cfg.eval_every and st.step % cfg.eval_every == 0 and not last:
@@ -376,20 +409,35 @@ def fit(model: nn.Module, cfg: LoopConfig, rt: Runtime, train_data: BatchSource,
             model.load_state_dict(best.model_state)
         if main:
             log(f"using the best weights: step {st.best_step}, val loss {st.best_val_loss:.4f}")
+    if main:
+        log(f"[{key_prefix}] final evaluation: {val_data.n_tokens:,} validation tokens"
+            + (f" (whole split) and the first {cfg.eval_tokens:,} (the curve's token set)"
+               if cfg.eval_tokens and cfg.eval_tokens < val_data.n_tokens else " (whole split)"))
+    curve_loss = None
+    if cfg.eval_tokens and cfg.eval_tokens < val_data.n_tokens:
+        c_nats, c_n = run_eval(cfg.eval_tokens)
+        curve_loss = c_nats / c_n if c_n else None
     nats, n = run_eval(None)
     val_loss = nats / n if n else None
+    if curve_loss is None:
+        curve_loss = val_loss
     final_state = save()
     result_model = unwrap(model)
     if _fsdp(cfg, rt) and main:  # hand back an ordinary (unsharded) copy of the model for saving
         result_model = type(result_model)(result_model.config)
         result_model.load_state_dict(final_state)
     if tracker is not None:
-        tracker.log(st.step, {f"{key_prefix}/final_val_loss": val_loss or float("nan"),
+        tracker.log(st.step, {f"{key_prefix}/val_loss": curve_loss if curve_loss is not None else float("nan"),
+                              f"{key_prefix}/final_val_loss": val_loss if val_loss is not None else float("nan"),
                               "peak_rss_mb": peak_rss_mb()})
         tracker.close()
     if main:
-        log(f"stopped by {st.stopped_by} at step {st.step} after {elapsed():.1f}s; final val loss "
-            f"{val_loss if val_loss is None else round(val_loss, 4)} over {n:,} tokens")
+        budget_note = (f" ({st.step / cfg.max_steps:.0%} of max_steps {cfg.max_steps}: raise "
+                       f"{key_prefix}.time_budget or lower {key_prefix}.max_steps)"
+                       if st.stopped_by == "time_budget" and cfg.max_steps else "")
+        log(f"[{key_prefix}] stopped by {st.stopped_by} at step {st.step}{budget_note} after {elapsed():.1f}s; "
+            f"final val loss {val_loss if val_loss is None else round(val_loss, 4)} over {n:,} tokens")
     return FitResult(model=result_model, state=st, train_loss=st.last_train_loss, val_loss=val_loss, val_nats=nats,
+                     curve_val_loss=curve_loss,
                      val_tokens=n, tokens_per_s=tokens_this_attempt / max(train_time, 1e-9),
                      train_seconds=train_time, resumed_from=resumed_from, peak_rss_mb=peak_rss_mb())

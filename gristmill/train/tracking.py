@@ -11,17 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gristmill.errors import ConfigError
-
-
-def _need(module: str, package: str, key: str):
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise ConfigError(f"{key} is on but {package} is not installed: "
-                          f"pip install 'gristmill[tracking]' (or set {key}: false)") from None
+from gristmill.core.extras import require
 
 
 class Tracker:
@@ -36,10 +26,11 @@ class Tracker:
         self._file = open(self.path, "a", encoding="utf-8")
         self._tb = self._mlflow = None
         if tensorboard:
-            tb = _need("torch.utils.tensorboard", "tensorboard", f"{key_prefix}.tensorboard")
+            require("tensorboard", "tracking", f"{key_prefix}.tensorboard")
+            tb = require("torch.utils.tensorboard", "tracking", f"{key_prefix}.tensorboard")
             self._tb = tb.SummaryWriter(log_dir=str(Path(out_dir) / "tensorboard"))
         if mlflow:
-            mlf = _need("mlflow", "mlflow", f"{key_prefix}.mlflow")
+            mlf = require("mlflow", "tracking", f"{key_prefix}.mlflow")
             mlf.set_tracking_uri(f"sqlite:///{(Path(out_dir) / 'mlflow.db').resolve()}")
             mlf.set_experiment("gristmill")
             mlf.start_run(run_name=run_name)

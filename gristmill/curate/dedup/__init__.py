@@ -1,0 +1,1 @@
+"""Deduplication: exact (hash of the text) and fuzzy (MinHash with LSH)."""

@@ -1,0 +1,1 @@
+"""Quality filters: each drops a document with the reason (and threshold) it failed."""

@@ -1,0 +1,161 @@
+"""How curation filters read a document: split once, measured by name, judged against limits.
+
+Gopher, C4 and FineWeb all look at the same few pieces of a text: its words, its lines, its paragraphs.
+A :class:`TextView` splits the text into them lazily, at most once each, and a :class:`TextViews` cache
+hands the same view to every filter that asks about the same text, so a chain of filters splits a
+document once instead of once per filter. The view is never stored in ``Document.meta`` (that is
+serialised); the cache keeps the last few texts and recognises them by identity, which holds because a
+filter passes ``doc.text`` on unchanged and a step that rewrites the text makes a new string.
+
+:class:`SignalFilter` is the base of the quality filters: a filter yields named numeric *signals*
+(``gopher_word_count``, ``fineweb_line_punct_ratio`` ...) and each signal has a :class:`Limit`. In the
+default mode the filter stops at the first signal out of its limit and drops the document with that
+limit's reason. With ``store_signals`` it measures every signal and stores them in
+``doc.meta["quality"]``, so new thresholds can be applied later with :meth:`SignalFilter.judge` without
+reading the text again (RedPajama v2 publishes its corpus this way).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from functools import cached_property
+
+from gristmill.data.step import Filter
+from gristmill.formats.document import Document
+
+# Line endings that close a sentence: C4 keeps only lines ending in one of these, FineWeb counts them.
+TERMINAL_PUNCT = (".", "!", "?", '"', "'", "\u201d", "\u2019", "\u2026")  # ” ’ …
+
+# A paragraph ends at a blank line (which may hold spaces).
+_PARAGRAPH_BREAK = re.compile(r"\n[^\S\n]*\n\s*")
+
+# Punctuation stripped from both ends of a word before its length or its spelling is compared.
+_WORD_EDGE_PUNCT = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~\u2018\u2019\u201c\u201d\u2026\u2013\u2014\u00ab\u00bb"
+
+
+class TextView:
+    """One text split into words, lines and paragraphs, each computed on first use and then kept.
+
+    ``words`` are whitespace-separated tokens as they stand; ``bare_words`` are the same, lowercased and
+    stripped of surrounding punctuation, without the tokens that were punctuation only. ``lines`` are the
+    non-empty lines, stripped; ``paragraphs`` are the blocks between blank lines, stripped.
+    """
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    @cached_property
+    def words(self) -> list[str]:
+        return self.text.split()
+
+    @cached_property
+    def bare_words(self) -> list[str]:
+        stripped = (w.strip(_WORD_EDGE_PUNCT).lower() for w in self.words)
+        return [w for w in stripped if w]
+
+    @cached_property
+    def lines(self) -> list[str]:
+        return [s for s in (line.strip() for line in self.text.split("\n")) if s]
+
+    @cached_property
+    def paragraphs(self) -> list[str]:
+        return [s for s in (p.strip() for p in _PARAGRAPH_BREAK.split(self.text)) if s]
+
+
+class TextViews:
+    """The views of the last few texts seen, so filters in one chain share the splitting work.
+
+    Documents flow through a chain of generator steps one at a time, so the text a filter asks about is
+    almost always the one the filter before it asked about; ``size`` recent texts are kept to allow for a
+    step in between that looks at a few documents at once.
+    """
+
+    def __init__(self, size: int = 4) -> None:
+        self.size = size
+        self._recent: list[TextView] = []
+
+    def of(self, text: str) -> TextView:
+        for view in self._recent:
+            if view.text is text:  # identity, not equality: it costs nothing and keeps the text alive
+                return view
+        view = TextView(text)
+        self._recent.insert(0, view)
+        del self._recent[self.size :]
+        return view
+
+
+@dataclass(frozen=True)
+class Limit:
+    """The range a signal must stay in; outside it the document is dropped with ``reason``."""
+
+    reason: str
+    low: float | None = None
+    """Smallest value kept (inclusive); None: no lower bound."""
+    high: float | None = None
+    """Largest value kept (inclusive); None: no upper bound."""
+
+    def broken_by(self, value: float) -> bool:
+        return (self.low is not None and value < self.low) or (self.high is not None and value > self.high)
+
+
+def fraction(part: float, whole: float) -> float:
+    """``part / whole``, and 0.0 for an empty whole (an empty text has no bad lines, rather than NaN)."""
+    return part / whole if whole else 0.0
+
+
+def repeated(items: Iterable[str]) -> tuple[int, int]:
+    """How many items repeat an earlier item, and how many characters those repeats hold."""
+    seen: set[str] = set()
+    count = chars = 0
+    for item in items:
+        if item in seen:
+            count += 1
+            chars += len(item)
+        else:
+            seen.add(item)
+    return count, chars
+
+
+class SignalFilter(Filter):
+    """A filter that measures named signals and drops a document whose signal leaves its :class:`Limit`.
+
+    Subclasses set ``limits`` (signal name -> limit) and implement :meth:`measure`, a generator that
+    yields ``(name, value)`` in checking order, cheapest first: in the default mode the generator is
+    abandoned at the first broken limit, so costly signals are computed only for documents that pass the
+    cheap ones. A signal without a limit is only stored.
+    """
+
+    name = "signal_filter"
+    limits: dict[str, Limit]
+
+    def __init__(self, store_signals: bool = False, views: TextViews | None = None) -> None:
+        self.store_signals = store_signals
+        self.views = views if views is not None else TextViews()
+
+    def measure(self, view: TextView) -> Iterator[tuple[str, float]]:
+        raise NotImplementedError
+
+    def reject(self, doc: Document) -> str | None:
+        reason: str | None = None
+        signals: dict[str, float] = {}
+        for name, value in self.measure(self.views.of(doc.text)):
+            signals[name] = value
+            limit = self.limits.get(name)
+            if reason is None and limit is not None and limit.broken_by(value):
+                reason = limit.reason
+                if not self.store_signals:
+                    break
+        if self.store_signals:
+            doc.meta.setdefault("quality", {}).update(signals)
+        return reason
+
+    def judge(self, signals: Mapping[str, float]) -> str | None:
+        """Apply this filter's limits to signals stored earlier (``doc.meta["quality"]``): the reason of the
+        first limit broken, in checking order, or None. Signals that are missing are not checked."""
+        for name, limit in self.limits.items():
+            value = signals.get(name)
+            if value is not None and limit.broken_by(value):
+                return limit.reason
+        return None

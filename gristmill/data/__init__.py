@@ -1,0 +1,1 @@
+"""The data engine: the step protocol, and the readers that turn sources into documents. No torch."""

@@ -1,0 +1,1 @@
+"""The evaluation library: language-model metrics (``lm``) and its config (``config``, no torch)."""

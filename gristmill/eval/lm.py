@@ -1,0 +1,111 @@
+"""Language-model metrics: loss, perplexity and bits per byte over a token array, one definition for every
+stage (training's validation, the evaluate stage, fine-tuning's before/after).
+
+The tokens are scored as consecutive non-overlapping windows of ``block_size``: every token is predicted
+exactly once, the first in the context of ``<|endoftext|>`` (as at a document start). Bits per byte divides
+the total loss by the UTF-8 size of the text, which makes models with different tokenizers comparable.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from gristmill.formats.vocab import EOT_ID, IGNORE_INDEX
+
+
+def eval_windows(tokens: np.ndarray, block_size: int, batch_size: int, eot_id: int,
+                 max_tokens: int | None = None, rank: int = 0, world: int = 1
+                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches that score every token of ``tokens`` exactly once (the first in the context of an
+    ``<|endoftext|>``, as at a document start), as consecutive non-overlapping windows of block_size.
+
+    All batches have the full shape [batch_size, block_size] (padding predicts -100), so a compiled model
+    sees one shape. ``max_tokens`` scores only the first that many tokens; ranks take every world-th batch
+    (and all ranks get the same number of batches, the last ones all padding if need be).
+    """
+    n = len(tokens) if max_tokens is None else min(len(tokens), max_tokens)
+    seq = np.concatenate([np.array([eot_id], dtype=np.int64), np.asarray(tokens[:n], dtype=np.int64)])
+    n_windows = -(-n // block_size)
+    n_batches = -(-n_windows // batch_size)
+    per_rank = -(-n_batches // world)  # every rank runs as many forwards (FSDP needs them in step)
+    for b in range(rank, per_rank * world, world):
+        x = torch.zeros(batch_size, block_size, dtype=torch.long)
+        y = torch.full((batch_size, block_size), IGNORE_INDEX, dtype=torch.long)  # b >= n_batches: padding
+        for i in range(batch_size):
+            w = b * batch_size + i
+            if w >= n_windows:
+                break
+            s = w * block_size
+            chunk = torch.from_numpy(seq[s:s + block_size + 1])
+            x[i, :len(chunk) - 1] = chunk[:-1]
+            y[i, :len(chunk) - 1] = chunk[1:]
+        yield x, y
+
+
+@torch.no_grad()
+def sum_loss(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device,
+             autocast: Callable[[], object] | None = None,
+             reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[float, int]:
+    """Sum of the loss in nats over every target != -100, and their count. ``reduce`` sums across
+    processes (training under torchrun); the model's train/eval mode is restored."""
+    import contextlib
+
+    was_training = model.training
+    model.eval()
+    nats = torch.zeros((), dtype=torch.float64, device=device)
+    count = torch.zeros((), dtype=torch.float64, device=device)
+    try:
+        for x, y in batches:
+            x, y = x.to(device), y.to(device)
+            with autocast() if autocast is not None else contextlib.nullcontext():
+                _, loss = model(x, y)
+            n = (y != IGNORE_INDEX).sum()
+            if n > 0:
+                nats += loss.double() * n
+                count += n
+    finally:
+        model.train(was_training)
+    if reduce is not None:
+        nats, count = reduce(nats), reduce(count)
+    return float(nats), int(count)
+
+
+def lm_metrics(nats: float, tokens: int, n_bytes: int) -> dict[str, float | int]:
+    """The metrics of a summed loss: nats per token, perplexity, bits per byte, and the counts."""
+    loss = nats / tokens if tokens else float("nan")
+    return {
+        "loss": loss,
+        "perplexity": math.exp(min(loss, 700.0)) if tokens else float("nan"),  # exp overflows past ~709
+        "bits_per_byte": nats / (n_bytes * math.log(2)) if n_bytes else float("nan"),
+        "tokens": tokens,
+        "bytes": n_bytes,
+    }
+
+
+def evaluate_lm(model: nn.Module, tokens: np.ndarray, n_bytes: int, *, batch_size: int = 8,
+                eot_id: int = EOT_ID, device: str | torch.device | None = None,
+                autocast: Callable[[], object] | None = None) -> dict[str, float | int]:
+    """Loss, perplexity and bits per byte of ``model`` on a flat token array whose text is ``n_bytes``
+    UTF-8 bytes; every token is predicted once, with up to ``block_size`` tokens of context."""
+    from gristmill.errors import InputError
+    from gristmill.model.gpt import unwrap
+
+    if len(tokens) < 1:
+        raise InputError("evaluation needs at least 1 token")
+    if n_bytes <= 0:
+        raise InputError(f"evaluation needs the byte count of the text, got {n_bytes}")
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    block = unwrap(model).config.block_size
+    nats, n = sum_loss(model, eval_windows(tokens, block, batch_size, eot_id), dev, autocast)
+    return lm_metrics(nats, n, n_bytes)
+
+
+def prefix_bytes(tokens: np.ndarray, decode: Callable[[list[int]], str]) -> int:
+    """The UTF-8 size of exactly the text a prefix of the token array encodes (byte-level BPE is lossless)."""
+    return len(decode(np.asarray(tokens).tolist()).encode("utf-8"))
+

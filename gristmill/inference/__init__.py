@@ -1,0 +1,1 @@
+"""Generation, knowing nothing of HTTP: the one sampler (``sampling``) and single-request streaming (``stream``)."""

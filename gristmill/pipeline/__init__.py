@@ -1,0 +1,1 @@
+"""Orchestration: the recipe (``recipe``), the cached, rank-aware runner (``runner``) and the key reference (``reference``)."""

@@ -1,0 +1,75 @@
+"""The recipe: one YAML file, one section per stage, each section the owning component's config.
+
+The ``Recipe`` class is composed from the stage registry (``gristmill.stages.STAGES``), so a new stage's
+section appears without editing this file. Loading a recipe imports config modules only: no torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, create_model, field_validator
+
+from gristmill.core.config import Config, apply_overrides, read_recipe_yaml, validate
+from gristmill.core.workspace import check_run_name
+from gristmill.errors import ConfigError
+from gristmill.serve.config import ServeConfig
+from gristmill.stages import STAGES
+
+MAX_SEED = 2**63 - 1
+
+
+class RecipeBase(Config):
+    """A whole run: raw sources to a served model."""
+
+    name: str = "run"
+    """Run name: outputs go to ``<runs_dir>/<name>/<stage>/``; one folder name (letters, digits, ``.``,
+    ``_``, ``-``)."""
+    runs_dir: str = Field("runs", min_length=1)
+    """Folder that holds runs, relative to the working directory."""
+    seed: int = Field(1337, ge=0, le=MAX_SEED)
+    """One seed for the run; each stage derives its own randomness from it."""
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        return check_run_name(v)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.name
+
+
+Recipe = create_model(
+    "Recipe",
+    __base__=RecipeBase,
+    __doc__=RecipeBase.__doc__,
+    **{s.name: (s.config, Field(default_factory=s.config, description=s.config.__doc__)) for s in STAGES},
+    serve=(ServeConfig, Field(default_factory=ServeConfig, description=ServeConfig.__doc__)),
+)
+
+
+def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Any:
+    """Read a recipe file or built-in recipe, apply dotted overrides, validate it (every error at once)."""
+    data, origin = read_recipe_yaml(name_or_path)
+    data = apply_overrides(data, overrides or [])
+    return validate(Recipe, data, origin)
+
+
+def check_recipe(recipe: Any, stages: list[str]) -> None:
+    """Cross-section checks and optional extras of the stages that will run, all before any runs: every
+    problem found is reported in one ConfigError."""
+    problems = []
+    for st in STAGES:
+        if st.name in stages and st.check is not None:
+            try:
+                st.check(getattr(recipe, st.name), recipe)
+            except ConfigError as e:
+                problems.append(str(e))
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def recipe_dict(recipe: Any) -> dict[str, Any]:
+    return recipe.model_dump(mode="json")

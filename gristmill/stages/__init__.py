@@ -1,0 +1,9 @@
+"""The stages, in the order a run takes them: thin adapters from a stage context and config to library
+calls. Each module defines ``STAGE``; this list is the one registry (the runner, the CLI, the recipe and
+the report all read it). Adding a stage: write its module, add it here."""
+
+from gristmill.stages import collect, evaluate, finetune, prepare, report, synth, tokenize, train
+
+STAGES = (collect.STAGE, prepare.STAGE, synth.STAGE, tokenize.STAGE, train.STAGE, evaluate.STAGE,
+          finetune.STAGE, report.STAGE)
+STAGE_NAMES = tuple(s.name for s in STAGES)

@@ -1,0 +1,229 @@
+"""finetune: supervised fine-tuning of the pre-trained model on the synthetic chat data.
+
+Reads ``train/model/`` (the base model dir), ``synth/{train,val}.jsonl`` and ``tokenize/{val.bin,
+meta.json}``; writes ``model/`` (a model dir), ``checkpoints/``, ``metrics.jsonl`` and ``eval.json``.
+
+Each conversation is rendered with the ChatML template and becomes one row of a batch, padded with
+``<|pad|>`` (:mod:`gristmill.train.sft`): the loss is on assistant tokens only. The loop is the one
+pre-training uses (:func:`gristmill.train.loop.fit`), so resume, checkpoints, the schedule, the time budget
+and tracking behave the same.
+
+``eval.json`` compares the model before and after: the chat loss on synth's val conversations
+(assistant tokens, nats per token) and the language-model bits per byte on tokenize's validation text,
+computed with the same function and over the same tokens as the base model's figure (the whole split
+unless ``lm_eval_tokens`` says otherwise), so the numbers compare directly.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from gristmill.core.stage import ReportContext, Stage
+from gristmill.core.workspace import StageContext, write_json
+from gristmill.errors import InputError
+from gristmill.train.config import FinetuneConfig
+
+
+def _lm_tokens(tok_dir: Path, max_tokens: int | None, tokenizer: Any) -> tuple[Any, int, int]:
+    """The validation tokens the LM metrics use, their UTF-8 byte count, and the eot id."""
+    import numpy as np
+
+    from gristmill.eval.lm import prefix_bytes
+    from gristmill.train.batches import load_tokens, read_meta
+
+    meta = read_meta(tok_dir)
+    tokens = load_tokens(tok_dir / "val.bin", meta["dtype"])
+    n_bytes = int(meta["splits"]["val"]["bytes"])
+    if max_tokens is not None and max_tokens < len(tokens):
+        tokens = np.asarray(tokens[:max_tokens])
+        n_bytes = prefix_bytes(tokens, lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
+    return tokens, n_bytes, int(meta["eot_id"])
+
+
+def _rounded(d: dict[str, Any] | None) -> dict[str, Any] | None:
+    return None if d is None else {k: round(v, 5) if isinstance(v, float) else v for k, v in d.items()}
+
+
+def run(ctx: StageContext, cfg: FinetuneConfig) -> dict[str, Any]:
+    """Fine-tune ``train/model`` on ``synth/train.jsonl``; write the model, metrics and before/after eval."""
+    from gristmill.eval.lm import evaluate_lm, lm_metrics
+    from gristmill.model.io import load_model, save_model
+    from gristmill.runtime import setup_runtime
+    from gristmill.tokenizer.bpe import load_tokenizer
+    from gristmill.train.batches import ChatBatches, ChatEvalData
+    from gristmill.train.loop import evaluate, fit
+    from gristmill.train.sft import encode_examples, read_chat_records
+
+    t_start = time.monotonic()
+    base_dir = ctx.input_dir("train") / "model"
+    synth_dir, tok_dir = ctx.input_dir("synth"), ctx.input_dir("tokenize")
+    rt = setup_runtime(cfg.device, cfg.compile, cfg.threads, ctx.seed)
+    main = rt.dist.is_main
+    model = load_model(base_dir, rt.device)
+    tokenizer = load_tokenizer(base_dir)
+    block = model.config.block_size
+    width = block if rt.compile else None  # a compiled model wants one shape
+
+    train_ex = encode_examples(tokenizer, read_chat_records(synth_dir / "train.jsonl"), block)
+    val_ex = encode_examples(tokenizer, read_chat_records(synth_dir / "val.jsonl"), block)
+    if len(val_ex) == 0:
+        raise InputError(
+            f"{synth_dir / 'val.jsonl'} has no usable conversations: synth needs validation "
+            f"documents (prepare's val split) to measure fine-tuning"
+        )
+    train_data = ChatBatches(train_ex, cfg.batch_size, ctx.seed, rt.dist.rank, rt.dist.world_size, width)
+    val_data = ChatEvalData(val_ex, cfg.eval_batch_size, rt.dist.rank, rt.dist.world_size, width)
+    if main:
+        ctx.log(
+            f"[finetune] {len(train_ex)} train / {len(val_ex)} val conversations "
+            f"({train_ex.truncated} + {val_ex.truncated} cut to {block} tokens, "
+            f"{train_ex.dropped + val_ex.dropped} dropped); base model {base_dir}"
+        )
+
+    lm_on = cfg.lm_eval_tokens != 0
+    lm_tokens, lm_bytes, eot = _lm_tokens(tok_dir, cfg.lm_eval_tokens, tokenizer) if lm_on else (None, 0, 0)
+
+    def lm_eval(m: Any) -> dict[str, Any] | None:
+        if not lm_on or len(lm_tokens) == 0 or lm_bytes == 0:
+            return None
+        return evaluate_lm(m, lm_tokens, lm_bytes, batch_size=cfg.eval_batch_size, eot_id=eot,
+                           device=rt.device, autocast=rt.autocast)
+
+    # Scores of the base model, kept beside the checkpoints so a resumed attempt does not redo them.
+    before_path = ctx.out_dir / "checkpoints" / "before.json"
+    before = json.loads(before_path.read_text(encoding="utf-8")) if before_path.is_file() else None
+    if before is None or before.get("fingerprint") != ctx.fingerprint:
+        t0 = time.monotonic()
+        if main:
+            ctx.log(f"[finetune] scoring the base model: {val_data.n_tokens:,} assistant tokens"
+                    + (f" and {len(lm_tokens):,} validation text tokens" if lm_on else ""))
+        nats, n = evaluate(model, val_data.batches(None), rt)
+        train_stats = ctx.input_manifest("train").get("stats") or {}
+        if lm_on and cfg.lm_eval_tokens is None and train_stats.get("val_tokens") == len(lm_tokens):
+            # the base model's whole-split figures: computed once, by the train stage
+            lm = lm_metrics(train_stats["val_loss"] * len(lm_tokens), len(lm_tokens), lm_bytes)
+        else:
+            lm = lm_eval(model)
+        before = {"fingerprint": ctx.fingerprint, "chat": {"loss": nats / n, "tokens": n}, "lm": lm,
+                  "lm_seconds": time.monotonic() - t0}
+        if main:
+            write_json(before_path, before)
+    # The budget must also cover the final LM evaluation done after fit returns: start its clock that
+    # much earlier (fit already reserves time for its own final chat evaluation and checkpoint).
+    lm_reserve = before["lm_seconds"] if before["lm"] is not None else 0.0
+
+    mean_len = sum(len(i) - 1 for i in train_ex.ids) / len(train_ex)  # tokens per row before padding
+    res = fit(model, cfg, rt, train_data, val_data, ctx.out_dir, ctx.fingerprint, log=ctx.log,
+              tokens_per_step=round(cfg.batch_size * mean_len), start_time=t_start - lm_reserve,
+              run_name=f"{ctx.run_dir.name}-finetune", params=cfg.model_dump(mode="json"), key_prefix="finetune")
+
+    if not main:
+        return {}
+    save_model(ctx.out_dir / "model", res.model, base_dir / "tokenizer.json")
+    if lm_on:
+        ctx.log(f"[finetune] scoring the fine-tuned model on {len(lm_tokens):,} validation text tokens")
+    after_lm = lm_eval(res.model)
+    chat_after = {"loss": res.val_loss, "tokens": res.val_tokens}
+    result = {
+        "base_model": "train/model",
+        "chat_val": {"before": _rounded(before["chat"]), "after": _rounded(chat_after), "examples": len(val_ex),
+                     "unit": "nats per assistant token"},
+        "lm_val": None if before["lm"] is None else {
+            "before": _rounded(before["lm"]), "after": _rounded(after_lm), "split": "tokenize/val.bin",
+            "max_tokens": cfg.lm_eval_tokens},
+    }
+    write_json(ctx.out_dir / "eval.json", result)
+    st = res.state
+    chat_b, chat_a = before["chat"]["loss"], res.val_loss
+    ctx.log(f"[finetune] chat val loss {chat_b:.4f} -> {chat_a:.4f}"
+            + (f"; LM bits/byte {before['lm']['bits_per_byte']:.4f} -> {after_lm['bits_per_byte']:.4f}"
+               if before["lm"] and after_lm else ""))
+    return {
+        "steps": st.step,
+        "max_steps": cfg.max_steps,
+        "stopped_by": st.stopped_by,
+        "resumed_from_step": res.resumed_from,
+        "train_examples": len(train_ex),
+        "val_examples": len(val_ex),
+        "truncated": train_ex.truncated + val_ex.truncated,
+        "dropped": train_ex.dropped + val_ex.dropped,
+        "train_loss": None if res.train_loss is None else round(res.train_loss, 5),
+        "chat_val_loss_before": round(chat_b, 5),
+        "chat_val_loss_after": None if chat_a is None else round(chat_a, 5),
+        "tokens_per_s": round(res.tokens_per_s, 1),
+        "train_seconds": round(res.train_seconds, 2),
+        "device": str(rt.device),
+        # only when the LM evaluation ran (lm_eval_tokens != 0)
+        **({"lm_val_tokens": before["lm"]["tokens"],
+            "lm_val_bpb_before": round(before["lm"]["bits_per_byte"], 5),
+            "lm_val_bpb_after": round(after_lm["bits_per_byte"], 5)} if before["lm"] and after_lm else {}),
+    }
+
+
+def check_config(cfg: FinetuneConfig, recipe: Any) -> None:
+    cfg.check_extras("finetune")
+
+
+def report(rc: ReportContext) -> str:
+    from gristmill.report.markdown import (
+        METRIC_NAMES,
+        curve_section,
+        read_json_or_none,
+        samples_section,
+        table,
+    )
+
+    parts = [curve_section(rc, "finetune", "Fine-tuning", "nats per assistant token", "finetune_loss.svg")]
+    ft = read_json_or_none(rc.stage_dir("finetune") / "eval.json")
+    if isinstance(ft, dict):
+        rows = []
+        for name, block in ft.items():
+            if not (isinstance(block, dict) and isinstance(block.get("before"), dict)):
+                continue
+            before, after = block["before"], block.get("after") or {}
+            what = {"chat_val": "chat val", "lm_val": "text val"}.get(name, name)
+            for k, b in before.items():
+                a = after.get(k)
+                if isinstance(b, int | float) and not isinstance(b, bool):
+                    change = a - b if isinstance(a, int | float) and k not in ("tokens", "bytes") else None
+                    rows.append([f"{what}: {METRIC_NAMES.get(k, k)}", b, a, change])
+        if rows:
+            parts.append("### Before and after fine-tuning\n\nChat val: loss on the assistant tokens of synth's "
+                         "validation conversations. Text val: the language-model metrics on tokenize's "
+                         "validation text (the same tokens and definition as the Evaluate section), which "
+                         "show what fine-tuning cost general text modelling.\n\n"
+                         + table(["metric", "base model", "fine-tuned", "change"], rows) + "\n")
+        parts.append(samples_section(ft, "Fine-tuned model samples", rc.options))
+    return "\n".join(p for p in parts if p)
+
+
+def summary(manifest: dict[str, Any], run_dir: Path) -> list[str]:
+    s = manifest.get("stats") or {}
+    lines = []
+    if "lm_val_bpb_after" in s:
+        lines.append(f"  fine-tuned model  validation bits per byte {s['lm_val_bpb_after']:.3f} over "
+                     f"{s['lm_val_tokens']:,} tokens (base model {s['lm_val_bpb_before']:.3f} on the same tokens)")
+    if "chat_val_loss_after" in s:
+        lines.append(f"  chat loss         {s['chat_val_loss_before']:.3f} -> {s['chat_val_loss_after']:.3f} "
+                     f"(nats per assistant token on held-out conversations)")
+    if s.get("stopped_by") == "time_budget" and s.get("max_steps"):
+        lines.append(f"  note: fine-tuning stopped by finetune.time_budget after {s['steps']} of {s['max_steps']} "
+                     f"steps ({s['steps'] / s['max_steps']:.0%})")
+    return lines
+
+
+STAGE = Stage(
+    name="finetune",
+    config=FinetuneConfig,
+    needs=("train", "synth", "tokenize"),
+    run=run,
+    help="supervised fine-tuning on the synthetic chat data",
+    resumable=True,
+    distributed=True,
+    check=check_config,
+    report=report,
+    summary=summary,
+)

@@ -1,0 +1,109 @@
+"""tokenize: train a byte-level BPE tokenizer on the prepared text and write flat token files.
+
+Reads ``prepare/{train,val}.jsonl`` and writes ``tokenizer.json``, ``train.bin``, ``val.bin`` and
+``meta.json`` (format in docs/contracts.md).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from gristmill.core.stage import ReportContext, Stage
+from gristmill.core.workspace import StageContext, write_json
+from gristmill.errors import InputError
+from gristmill.formats.document import read_documents
+from gristmill.tokenizer.config import TokenizeConfig
+
+
+def _texts(path: Path, max_bytes: int | None = None) -> Iterator[str]:
+    seen = 0
+    for doc in read_documents(path):
+        if max_bytes is not None and seen >= max_bytes:
+            return
+        seen += len(doc.text.encode("utf-8"))
+        yield doc.text
+
+
+def run(ctx: StageContext, cfg: TokenizeConfig) -> dict[str, Any]:
+    """Train the tokenizer on prepare's train split and write ``{train,val}.bin`` and ``meta.json``."""
+    from gristmill.formats.vocab import EOT_ID
+    from gristmill.tokenizer.bpe import (
+        TOKENIZER_FILE,
+        save_tokenizer,
+        token_dtype,
+        train_tokenizer,
+        write_token_file,
+    )
+
+    src = ctx.input_dir("prepare")
+    paths = {split: src / f"{split}.jsonl" for split in ("train", "val")}
+    for p in paths.values():
+        if not p.is_file():
+            raise InputError(f"{p} is missing: re-run `gristmill prepare`")
+    if next(_texts(paths["train"]), None) is None:
+        raise InputError(
+            f"{paths['train']} has no documents: check the prepare filters and the collect sources"
+        )
+
+    t0 = time.time()
+    tok = train_tokenizer(_texts(paths["train"], cfg.train_bytes), cfg.vocab_size, cfg.min_frequency)
+    train_s = time.time() - t0
+    vocab = tok.get_vocab_size()
+    save_tokenizer(tok, ctx.out_dir / TOKENIZER_FILE)
+    ctx.log(f"[tokenize] trained a {vocab}-token BPE in {train_s:.1f}s")
+
+    dtype = token_dtype(vocab)
+    splits = {}
+    t1 = time.time()
+    for split, p in paths.items():
+        splits[split] = write_token_file(tok, _texts(p), ctx.out_dir / f"{split}.bin", dtype, cfg.batch_size)
+        ctx.log(
+            f"[tokenize] {split}: {splits[split]['documents']} documents -> {splits[split]['tokens']} tokens"
+        )
+    encode_s = time.time() - t1
+    write_json(
+        ctx.out_dir / "meta.json",
+        {"dtype": dtype.name, "vocab_size": vocab, "eot_id": EOT_ID, "splits": splits},
+    )
+
+    return {
+        "vocab_size": vocab,
+        "dtype": dtype.name,
+        **{f"{s}_tokens": c["tokens"] for s, c in splits.items()},
+        **{f"{s}_documents": c["documents"] for s, c in splits.items()},
+        **{
+            f"{s}_bytes_per_token": round(c["bytes"] / c["tokens"], 4) if c["tokens"] else None
+            for s, c in splits.items()
+        },
+        "train_tokenizer_s": round(train_s, 3),
+        "encode_s": round(encode_s, 3),
+    }
+
+
+def report(rc: ReportContext) -> str:
+    from gristmill.report.markdown import fmt, read_json_or_none, table
+
+    meta = read_json_or_none(rc.stage_dir("tokenize") / "meta.json")
+    if not isinstance(meta, dict):
+        return ""
+    rows = []
+    for split, s in (meta.get("splits") or {}).items():
+        tokens, n_bytes = s.get("tokens"), s.get("bytes")
+        bpt = n_bytes / tokens if tokens and n_bytes is not None else None
+        rows.append([split, s.get("documents"), tokens, n_bytes, bpt])
+    return (f"## Tokenizer\n\nByte-level BPE, vocabulary {fmt(meta.get('vocab_size'))} tokens "
+            f"(token files as `{meta.get('dtype')}`, `<|endoftext|>` = {meta.get('eot_id')} after each document)."
+            "\n\n" + table(["split", "documents", "tokens", "bytes", "bytes per token"], rows) + "\n")
+
+
+STAGE = Stage(
+    name="tokenize",
+    config=TokenizeConfig,
+    needs=("prepare",),
+    run=run,
+    help="train a byte-level BPE tokenizer and write token files",
+    report=report,
+)

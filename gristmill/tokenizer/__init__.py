@@ -1,0 +1,1 @@
+"""The tokenizer library: byte-level BPE (``bpe``) and its config (``config``, no tokenizers import)."""
