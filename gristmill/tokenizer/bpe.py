@@ -63,7 +63,9 @@ def load_tokenizer(path_or_dir: str | Path) -> Tokenizer:
         tok = Tokenizer.from_file(str(p))
     except Exception as e:  # the Rust library raises a plain Exception for unreadable files
         raise InputError(f"{p} is not a valid tokenizer file ({e})") from e
-    _check_specials(tok, str(p))
+    # A tokenizer imported with a pretrained model (SmolLM2) shares the document and chat-turn ids but may
+    # hold another token at the pad id: padding carries no loss, so only the first three must match.
+    _check_specials(tok, str(p), SPECIAL_TOKENS[:PAD_ID])
     return tok
 
 
@@ -73,8 +75,8 @@ def save_tokenizer(tok: Tokenizer, path: Path) -> None:
         f.write(tok.to_str())
 
 
-def _check_specials(tok: Tokenizer, where: str) -> None:
-    for i, s in enumerate(SPECIAL_TOKENS):
+def _check_specials(tok: Tokenizer, where: str, specials: tuple[str, ...] = SPECIAL_TOKENS) -> None:
+    for i, s in enumerate(specials):
         if tok.token_to_id(s) != i:
             raise InputError(
                 f"{where} has {s} at id {tok.token_to_id(s)}, expected {i}; retrain it with gristmill"
