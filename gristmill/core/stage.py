@@ -40,7 +40,7 @@ class Stage:
     config: type[Config]
     """The class of its recipe section (from a torch-free config module)."""
     needs: tuple[str, ...]
-    """Stages whose outputs it reads (they must have finished)."""
+    """Stages whose outputs it may read: they run first, and their manifests go into its cache key."""
     run: Callable[[StageContext, Any], dict[str, Any]]
     """``run(ctx, cfg) -> stats``: the library calls (imported inside, so loading a recipe stays light)."""
     help: str
@@ -51,9 +51,22 @@ class Stage:
     """Under torchrun every rank runs it (rank 0 writes); other stages run on rank 0 alone."""
     external_inputs: Callable[[Any], list[Path]] | None = None
     """The files outside the run it reads, from its config (hashed into its cache key)."""
+    reads: Callable[[Any], tuple[str, ...]] | None = None
+    """The stages of ``needs`` it reads with this config (default: all of them); those must have finished."""
+    partial_inputs: bool = False
+    """Runs on whatever upstream stages have finished (the report); otherwise they all must have."""
+    enabled: Callable[[Any], bool] | None = None
+    """False when this config asks nothing of the stage (e.g. no base model to import): it is skipped."""
     check: Callable[[Any, Any], None] | None = None
     """``check(cfg, recipe)``: cross-section checks and optional extras, run before any stage runs."""
     report: Callable[[ReportContext], str] | None = None
     """Its section of ``report.md`` (Markdown; empty when there is nothing to show)."""
     summary: Callable[[dict[str, Any], Path], list[str]] | None = None
     """Lines for the summary ``gristmill run`` prints, from its manifest and the run folder."""
+
+    def inputs(self, cfg: Any) -> tuple[str, ...]:
+        """The upstream stages this config makes it read."""
+        return self.reads(cfg) if self.reads is not None else self.needs
+
+    def active(self, cfg: Any) -> bool:
+        return self.enabled(cfg) if self.enabled is not None else True

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from gristmill.core.config import Config
+from gristmill.formats.chat import SAMPLE_PROMPTS
 
 
 class EvaluateConfig(Config):
@@ -17,6 +18,9 @@ class EvaluateConfig(Config):
     train stage's final evaluation already computed), for speed."""
     prompts: list[str] = ["The ", "Once upon a time", "Hamlet.\n"]
     """Prompts to sample from (plain text; the base model has not seen the chat template)."""
+    chat_prompts: list[str] = list(SAMPLE_PROMPTS)
+    """Chat prompts the pre-trained model answers (greedily, with the chat template), for the report's
+    side-by-side table of every model's answers."""
     max_new_tokens: int = Field(64, ge=0)
     """Tokens to generate per sample."""
     temperature: float = Field(0.8, ge=0)

@@ -24,20 +24,23 @@ def eval_windows(tokens: np.ndarray, block_size: int, batch_size: int, eot_id: i
     """Batches that score every token of ``tokens`` exactly once (the first in the context of an
     ``<|endoftext|>``, as at a document start), as consecutive non-overlapping windows of block_size.
 
-    All batches have the full shape [batch_size, block_size] (padding predicts -100), so a compiled model
-    sees one shape. ``max_tokens`` scores only the first that many tokens; ranks take every world-th batch
-    (and all ranks get the same number of batches, the last ones all padding if need be).
+    All batches of one call have the same shape (padding predicts -100), so a compiled model sees one
+    shape; it is [batch_size, block_size] cut to what the tokens fill (a long-context model scoring a few
+    thousand tokens does not pad to its whole context). ``max_tokens`` scores only the first that many
+    tokens; ranks take every world-th batch (and all ranks get the same number of batches, the last ones
+    all padding if need be).
     """
     n = len(tokens) if max_tokens is None else min(len(tokens), max_tokens)
     seq = np.concatenate([np.array([eot_id], dtype=np.int64), np.asarray(tokens[:n], dtype=np.int64)])
     n_windows = -(-n // block_size)
     n_batches = -(-n_windows // batch_size)
     per_rank = -(-n_batches // world)  # every rank runs as many forwards (FSDP needs them in step)
+    rows, width = min(batch_size, max(n_windows, 1)), min(block_size, max(n, 1))
     for b in range(rank, per_rank * world, world):
-        x = torch.zeros(batch_size, block_size, dtype=torch.long)
-        y = torch.full((batch_size, block_size), IGNORE_INDEX, dtype=torch.long)  # b >= n_batches: padding
-        for i in range(batch_size):
-            w = b * batch_size + i
+        x = torch.zeros(rows, width, dtype=torch.long)
+        y = torch.full((rows, width), IGNORE_INDEX, dtype=torch.long)  # b >= n_batches: padding
+        for i in range(rows):
+            w = b * rows + i
             if w >= n_windows:
                 break
             s = w * block_size

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
 ROLES = ("system", "user", "assistant")
+SAMPLE_PROMPTS = ("Who was Hamlet?", "Tell me a fortune about computers.", "What is an encyclopedia for?")
+"""The fixed chat prompts every model of a run answers, so the report can show the answers side by side."""
 IM_START, IM_END = SPECIAL_TOKENS[IM_START_ID], SPECIAL_TOKENS[IM_END_ID]
 
 Message = Mapping[str, Any]

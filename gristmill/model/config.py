@@ -6,6 +6,7 @@ Pydantic only (no torch), so recipes load without importing torch.
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 from pydantic import Field, model_validator
 
@@ -70,3 +71,13 @@ class ModelConfig(Config):
     @property
     def hidden(self) -> int:
         return self.mlp_hidden or 32 * math.ceil(8 * self.n_embd / 3 / 32)
+
+
+class BaseModelConfig(Config):
+    """A pretrained model to start from, imported into Gristmill's own model and tokenizer (``base`` stage)."""
+
+    source: str | None = None
+    """A GGUF file or a Hugging Face folder (config.json + safetensors + tokenizer.json), as a path or
+    ``pkg://package/file``; None: this run imports no model."""
+    format: Literal["auto", "gguf", "hf"] = "auto"
+    """How to read ``source``: ``auto`` picks ``gguf`` for a .gguf file and ``hf`` for a folder."""

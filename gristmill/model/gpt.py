@@ -31,6 +31,23 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, (x.size(-1),), self.weight, self.eps)
 
 
+def segment_layout(segments: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions and attention mask of packed rows. segments [B,T]: a segment id per token; a new segment
+    starts wherever the id differs from the previous token's (so ids only need to differ between
+    neighbours). Returns positions [B,T] (0 at each segment's first token) and a boolean mask [B,1,T,T]
+    (True = may attend): causal, and only within the query's own segment.
+    """
+    B, T = segments.shape
+    t = torch.arange(T, device=segments.device)
+    new = torch.ones_like(segments, dtype=torch.bool)
+    new[:, 1:] = segments[:, 1:] != segments[:, :-1]  # [B,T] first token of a segment
+    starts = torch.where(new, t, 0).cummax(dim=1).values  # [B,T] index of the segment's first token
+    run = new.cumsum(dim=1)  # [B,T] running segment number: equal ids far apart stay apart
+    causal = t[None, :] <= t[:, None]  # [T,T] key <= query
+    mask = (run[:, :, None] == run[:, None, :]) & causal  # [B,T,T]
+    return t - starts, mask[:, None]
+
+
 def rotary_tables(length: int, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
     """cos, sin of shape [length, head_dim/2] (float32) for positions 0..length-1."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
@@ -39,9 +56,13 @@ def rotary_tables(length: int, head_dim: int, theta: float) -> tuple[torch.Tenso
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (first half, second half) of the head dim. x: [B,T,H,D]; cos, sin: [T, D/2]."""
+    """Rotate pairs (first half, second half) of the head dim. x: [B,T,H,D]; cos, sin: [T, D/2] (one
+    position per time step) or [B,T,D/2] (per row: packed rows restart positions in each segment)."""
     x1, x2 = x.float().chunk(2, dim=-1)
-    cos, sin = cos[None, :, None, :], sin[None, :, None, :]
+    if cos.dim() == 2:
+        cos, sin = cos[None, :, None, :], sin[None, :, None, :]
+    else:
+        cos, sin = cos[:, :, None, :], sin[:, :, None, :]
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
 
 
@@ -88,7 +109,7 @@ class Attention(nn.Module):
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                cache: KVCache | None = None) -> torch.Tensor:
+                cache: KVCache | None = None, segment_mask: torch.Tensor | None = None) -> torch.Tensor:
         B, T, _ = x.shape
         q = self.wq(x).view(B, T, self.n_head, self.hd)  # [B,T,H,D]
         k = self.wk(x).view(B, T, self.n_kv, self.hd)  # [B,T,K,D]
@@ -106,6 +127,8 @@ class Attention(nn.Module):
                 if T > 1:
                     mask = torch.arange(k.size(2), device=x.device)[None, :] <= (
                         start + torch.arange(T, device=x.device)[:, None])  # [T,L]
+        if segment_mask is not None:  # packed rows: causal within each segment ([B,1,T,T], no cache)
+            mask, causal = segment_mask, False
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=causal,
             dropout_p=self.attn_dropout if self.training else 0.0,
@@ -136,8 +159,8 @@ class Block(nn.Module):
         self.mlp = SwiGLU(cfg)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                cache: KVCache | None = None) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), cos, sin, cache)
+                cache: KVCache | None = None, segment_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), cos, sin, cache, segment_mask)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -185,16 +208,33 @@ class GPT(nn.Module):
                        self.config.head_dim, p.device, p.dtype)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                cache: KVCache | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+                cache: KVCache | None = None, segments: torch.Tensor | None = None,
+                ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """idx [B,T] token ids -> (logits [B,T,V], None) without targets; with targets [B,T]
         (-100 = ignored), (None, mean cross-entropy over the others): the loss path never builds the
-        [B,T,V] logits (see ``head_loss``)."""
+        [B,T,V] logits (see ``head_loss``).
+
+        ``segments`` [B,T] (packed rows, see ``segment_layout``): each segment is an independent
+        sequence, with positions restarting at 0 and attention confined to it, so a packed row scores
+        like its samples run one by one. Not for incremental decoding (no cache).
+        """
         B, T = idx.shape
         start = cache.pos if cache is not None else 0
-        cos, sin = self._rotary(start, T)  # [T, D/2]
+        mask = None
+        if segments is None:
+            cos, sin = self._rotary(start, T)  # [T, D/2]
+        else:
+            if cache is not None:
+                raise ValueError("segments (packed rows) cannot be combined with a KV cache; decode without them")
+            if segments.shape != idx.shape:
+                raise ValueError(f"segments has shape {tuple(segments.shape)}, idx {tuple(idx.shape)}: "
+                                 f"give one segment id per token")
+            pos, mask = segment_layout(segments)  # [B,T], [B,1,T,T]
+            cos, sin = self._rotary(0, T)
+            cos, sin = cos[pos], sin[pos]  # [B,T,D/2]
         x = self.emb_dropout(self.tok_emb(idx))  # [B,T,C]
         for block in self.blocks:
-            x = block(x, cos, sin, cache)
+            x = block(x, cos, sin, cache) if mask is None else block(x, cos, sin, segment_mask=mask)
         if cache is not None:
             cache.pos += T
         x = self.norm(x)

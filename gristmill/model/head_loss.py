@@ -66,13 +66,20 @@ class _HeadLoss(torch.autograd.Function):
         return gx, gw, None, None, None, None
 
 
+LARGE_VOCAB = 16384
+LARGE_VOCAB_ROWS = 256
+
+
 def head_loss(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, softcap: float | None,
               chunk_bytes: int | None = None) -> torch.Tensor:
     """Mean cross-entropy of ``softcap(x @ weight.T)`` against ``targets`` (-100 = ignored), without
     materialising the logits. x [N,C], weight [V,C], targets [N]. Rows go in chunks of ~``chunk_bytes``
     of float32 logits: by default 1 MiB on a CPU (stays in a core's L2 cache), 256 MiB on a GPU (few,
-    large kernels; torch.compile traces the chunk loop unrolled)."""
+    large kernels; torch.compile traces the chunk loop unrolled). A large vocabulary (a pretrained model's
+    49k tokens) gets at least ``LARGE_VOCAB_ROWS`` rows a chunk: every chunk adds into the whole [V,C]
+    weight gradient, so 5-row chunks would spend the step rewriting it."""
     if chunk_bytes is None:
         chunk_bytes = 1 << 20 if x.device.type == "cpu" else 256 << 20
-    chunk = max(1, chunk_bytes // (4 * weight.size(0)))
+    vocab = weight.size(0)
+    chunk = max(1, chunk_bytes // (4 * vocab), LARGE_VOCAB_ROWS if vocab > LARGE_VOCAB else 1)
     return _HeadLoss.apply(x, weight, targets, softcap, chunk, torch.is_grad_enabled())

@@ -49,7 +49,7 @@ def fingerprint(recipe: Any, st: Stage) -> tuple[str, dict[str, Any]]:
     """The cache key of a stage, and the inputs record that goes into its manifest."""
     cfg = getattr(recipe, st.name).model_dump(mode="json")
     upstream = {}
-    for dep in st.needs:
+    for dep in st.inputs(getattr(recipe, st.name)):
         m = load_manifest(recipe.run_dir / dep)
         upstream[dep] = None if m is None else sha256_json([m["fingerprint"], m["outputs"]])
     files = {}
@@ -113,7 +113,7 @@ def run_stage(recipe: Any, st: Stage, force: bool = False) -> dict[str, Any]:
     main = rank == 0
     ctx = StageContext(run_dir=recipe.run_dir, stage=st.name, seed=recipe.seed, fingerprint=key,
                        log=log if main else (lambda msg: None), is_main=main)
-    for dep in st.needs:
+    for dep in () if st.partial_inputs else st.inputs(getattr(recipe, st.name)):
         ctx.input_dir(dep)  # fail early, with the command to run, if an upstream stage is missing
     reason = _decide(recipe, st, key, force) if main else None
     if world > 1:
@@ -166,6 +166,11 @@ def run_pipeline(recipe: Any, only: list[str] | None = None, force_from: str | N
     manifests = {}
     with distributed_session(recipe.train.device):
         for st in STAGES:
-            if st.name in names:
-                manifests[st.name] = run_stage(recipe, st, force=st.name in forced)
+            if st.name not in names:
+                continue
+            if not st.active(getattr(recipe, st.name)):
+                if _world()[0] == 0 and only:
+                    log(f"[{st.name}] not used by this recipe, skipped")
+                continue
+            manifests[st.name] = run_stage(recipe, st, force=st.name in forced)
     return manifests

@@ -17,8 +17,8 @@ class ServeConfig(Config):
     port: int = Field(8000, ge=0, le=65535)
     """TCP port to listen on."""
     api_key_env: str = Field("GRISTMILL_API_KEY", min_length=1)
-    """Environment variable that holds the API key; when it is set, /v1/* require ``Authorization: Bearer
-    <key>`` (/ and /health stay open). Keys are never written into recipes or manifests."""
+    """Environment variable that holds the API key; when it is set, every path but the chat page (/, /static/)
+    and /health requires ``Authorization: Bearer <key>``. Keys are never written into recipes or manifests."""
     api_key_file: str | None = None
     """A file whose first line is the API key (instead of the environment variable)."""
     model: Literal["auto", "train", "finetune"] = "auto"
@@ -27,6 +27,17 @@ class ServeConfig(Config):
     """Tokens generated when a request does not say (max_tokens); also capped by the context window."""
     device: str = "auto"
     """auto, cpu, cuda or cuda:N."""
+    max_batch: int = Field(16, ge=1)
+    """Sequences generated together (continuous batching); a request with n choices takes n. Each holds a
+    KV cache of up to max_seq_len tokens."""
+    max_queue: int = Field(64, ge=1)
+    """Requests waiting for a free sequence; one more gets 503 with Retry-After."""
+    prefill_chunk: int = Field(128, ge=1)
+    """Prompt tokens processed between two decode steps: smaller keeps running streams smoother while a
+    long prompt is read, larger reads long prompts faster."""
+    max_seq_len: int | None = Field(None, ge=2)
+    """Longest sequence served, prompt plus answer, in tokens (None = the model's context window); lower it to
+    bound KV-cache memory for models with long windows."""
 
     @model_validator(mode="before")
     @classmethod

@@ -1,17 +1,21 @@
 """OpenAI's API shapes: request bodies (unknown fields such as ``user`` are accepted and ignored), the
-error body ``{"error": {"message", "type", "param", "code"}}``, and turning a validation failure into
-one sentence naming the field."""
+log-probability objects of both endpoints, the error body ``{"error": {"message", "type", "param", "code"}}``,
+and turning a validation failure into one sentence naming the field."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gristmill.errors import InputError
-from gristmill.inference.sampling import MAX_SEED, SamplingParams
+from gristmill.inference.engine import GenerationParams, TokenLogprob, token_bytes
+from gristmill.inference.sampling import DEFAULT_STOP_IDS, MAX_SEED, SamplingParams
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 
 class StreamOptions(BaseModel):
@@ -29,18 +33,16 @@ class _Sampling(BaseModel):
     """Default 1; 0 is greedy."""
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=0)
-    n: int | None = None
+    n: int | None = Field(None, ge=1, le=128)
+    """Choices per prompt (the server refuses more than its batch holds)."""
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
+    stop_token_ids: list[int] | None = None
+    """Token ids that also end generation, besides end of text and end of turn (an extension vLLM has too)."""
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
-
-    @field_validator("n")
-    @classmethod
-    def _one_choice(cls, v: int | None) -> int | None:
-        if v not in (None, 1):
-            raise ValueError("only n=1 is supported")
-        return v
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
 
     @field_validator("stop")
     @classmethod
@@ -54,18 +56,40 @@ class _Sampling(BaseModel):
         """The ``max_tokens`` the client asked for (None: the server's default)."""
         return self.max_tokens
 
-    def params(self, default_max_tokens: int) -> SamplingParams:
-        """Sampling parameters; without ``max_tokens``, ``default_max_tokens`` (the server caps it to the
+    @property
+    def choices(self) -> int:
+        return self.n or 1
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    def _logprob_options(self) -> tuple[bool, int]:
+        """(report log-probabilities, how many alternatives)."""
+        return False, 0
+
+    def params(self, default_max_tokens: int) -> GenerationParams:
+        """The engine's parameters; without ``max_tokens``, ``default_max_tokens`` (the server caps it to the
         room left in the context)."""
         stop = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
-        return SamplingParams(max_new_tokens=self.max_tokens or default_max_tokens,
-                              temperature=1.0 if self.temperature is None else self.temperature,
-                              top_k=self.top_k or None, top_p=self.top_p, stop=stop, seed=self.seed)
+        logprobs, top = self._logprob_options()
+        sampling = SamplingParams(max_new_tokens=self.asked_tokens or default_max_tokens,
+                                  temperature=1.0 if self.temperature is None else self.temperature,
+                                  top_k=self.top_k or None, top_p=self.top_p, stop=stop, seed=self.seed,
+                                  stop_token_ids=(*DEFAULT_STOP_IDS, *(self.stop_token_ids or ())))
+        return GenerationParams(sampling, n=self.choices, presence_penalty=self.presence_penalty or 0.0,
+                                frequency_penalty=self.frequency_penalty or 0.0, logprobs=logprobs,
+                                top_logprobs=top)
 
 
 class CompletionRequest(_Sampling):
     prompt: str | list[str] | list[int]
-    """One prompt, a list of prompts (one choice each), or one prompt as token ids."""
+    """One prompt, a list of prompts (n choices each), or one prompt as token ids."""
+    logprobs: int | None = Field(None, ge=0, le=5)
+    """Log-probability of each generated token and of this many alternatives (0: the token's own only)."""
+
+    def _logprob_options(self) -> tuple[bool, int]:
+        return self.logprobs is not None, self.logprobs or 0
 
     @field_validator("prompt")
     @classmethod
@@ -97,16 +121,56 @@ class ChatRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     """Newer name for max_tokens; wins when both are given."""
-
-    def params(self, default_max_tokens: int) -> SamplingParams:
-        p = super().params(default_max_tokens)
-        if self.max_completion_tokens:
-            p.max_new_tokens = self.max_completion_tokens
-        return p
+    logprobs: bool | None = False
+    """Return the log-probability of each generated token."""
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    """With ``logprobs``, also this many most likely alternatives at each position."""
 
     @property
     def asked_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
+
+    def _logprob_options(self) -> tuple[bool, int]:
+        if self.top_logprobs and not self.logprobs:
+            raise InputError("top_logprobs needs logprobs: true")
+        return bool(self.logprobs), self.top_logprobs or 0
+
+
+# ----------------------------------------------------------------------------------------------------
+# Log-probabilities
+
+
+def _token_text(tokenizer: Tokenizer, token_id: int) -> str:
+    return tokenizer.decode([token_id], skip_special_tokens=False)
+
+
+def completion_logprobs(tokenizer: Tokenizer, entries: list[TokenLogprob], offset: int = 0) -> dict[str, Any]:
+    """The ``logprobs`` object of a text completion choice (OpenAI's legacy shape); ``offset`` is where the
+    first token's text starts in the choice's text."""
+    tokens = [_token_text(tokenizer, e.token_id) for e in entries]
+    offsets = []
+    for t in tokens:
+        offsets.append(offset)
+        offset += len(t)
+    return {
+        "tokens": tokens,
+        "token_logprobs": [e.logprob for e in entries],
+        "top_logprobs": [{_token_text(tokenizer, t): lp for t, lp in e.top} for e in entries],
+        "text_offset": offsets,
+    }
+
+
+def chat_logprobs(tokenizer: Tokenizer, entries: list[TokenLogprob]) -> dict[str, Any]:
+    """The ``logprobs`` object of a chat choice: per token its text, log-probability, UTF-8 bytes (a token
+    may hold part of a character) and the alternatives."""
+
+    def one(token_id: int, logprob: float) -> dict[str, Any]:
+        return {"token": _token_text(tokenizer, token_id), "logprob": logprob,
+                "bytes": list(token_bytes(tokenizer, token_id))}
+
+    return {"content": [{**one(e.token_id, e.logprob), "top_logprobs": [one(t, lp) for t, lp in e.top]}
+                        for e in entries],
+            "refusal": None}
 
 
 # ----------------------------------------------------------------------------------------------------

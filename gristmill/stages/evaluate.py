@@ -63,6 +63,10 @@ def run(ctx: StageContext, cfg: EvaluateConfig) -> dict[str, Any]:
                         "completion_tokens": out.completion_tokens})
         ctx.log(f"[evaluate] sample {i}: {prompt!r} -> {out.text[:80]!r}")
 
+    from gristmill.eval.samples import chat_answers
+
+    answers = chat_answers(model, tokenizer, cfg.chat_prompts, cfg.max_new_tokens) if cfg.max_new_tokens else []
+
     result = {
         "model": "train/model",
         "split": "val",
@@ -72,6 +76,7 @@ def run(ctx: StageContext, cfg: EvaluateConfig) -> dict[str, Any]:
         "sampling": {"max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature,
                      "top_k": cfg.top_k, "top_p": cfg.top_p, "seed": ctx.seed},
         "samples": samples,
+        "chat_answers": answers,
     }
     write_json(ctx.out_dir / "eval.json", result)
     return {**metrics, "capped": capped, "samples": len(samples)}

@@ -27,16 +27,37 @@ from gristmill.errors import InputError
 from gristmill.train.config import FinetuneConfig
 
 
-def _lm_tokens(tok_dir: Path, max_tokens: int | None, tokenizer: Any) -> tuple[Any, int, int]:
-    """The validation tokens the LM metrics use, their UTF-8 byte count, and the eot id."""
+def _lm_tokens(ctx: StageContext, cfg: FinetuneConfig, tokenizer: Any) -> tuple[Any, int, int]:
+    """The validation tokens the LM metrics use, their UTF-8 byte count, and the eot id.
+
+    Fine-tuning this run's model: tokenize's ``val.bin`` (the tokens its other figures use). Fine-tuning an
+    imported model: prepare's validation documents, encoded with that model's own tokenizer (bits per byte
+    compare across tokenizers)."""
     import numpy as np
 
     from gristmill.eval.lm import prefix_bytes
     from gristmill.train.batches import load_tokens, read_meta
 
-    meta = read_meta(tok_dir)
-    tokens = load_tokens(tok_dir / "val.bin", meta["dtype"])
-    n_bytes = int(meta["splits"]["val"]["bytes"])
+    max_tokens = cfg.lm_eval_tokens
+    if cfg.start_from == "train":
+        tok_dir = ctx.input_dir("tokenize")
+        meta = read_meta(tok_dir)
+        tokens = load_tokens(tok_dir / "val.bin", meta["dtype"])
+        n_bytes = int(meta["splits"]["val"]["bytes"])
+    else:
+        from gristmill.formats.document import read_documents
+        from gristmill.formats.vocab import EOT_ID
+        from gristmill.tokenizer.bpe import encode_documents
+
+        texts = [d.text for d in read_documents(ctx.input_dir("prepare") / "val.jsonl")]
+        ids: list[int] = []
+        for doc_ids in encode_documents(tokenizer, texts):
+            ids += doc_ids + [EOT_ID]
+            if max_tokens is not None and len(ids) >= max_tokens:
+                break
+        tokens = np.asarray(ids, dtype=np.int64)
+        n_bytes = sum(len(t.encode("utf-8")) for t in texts)
+        meta = {"eot_id": EOT_ID}
     if max_tokens is not None and max_tokens < len(tokens):
         tokens = np.asarray(tokens[:max_tokens])
         n_bytes = prefix_bytes(tokens, lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
@@ -50,6 +71,7 @@ def _rounded(d: dict[str, Any] | None) -> dict[str, Any] | None:
 def run(ctx: StageContext, cfg: FinetuneConfig) -> dict[str, Any]:
     """Fine-tune ``train/model`` on ``synth/train.jsonl``; write the model, metrics and before/after eval."""
     from gristmill.eval.lm import evaluate_lm, lm_metrics
+    from gristmill.eval.samples import chat_answers
     from gristmill.model.io import load_model, save_model
     from gristmill.runtime import setup_runtime
     from gristmill.tokenizer.bpe import load_tokenizer
@@ -58,8 +80,8 @@ def run(ctx: StageContext, cfg: FinetuneConfig) -> dict[str, Any]:
     from gristmill.train.sft import encode_examples, read_chat_records
 
     t_start = time.monotonic()
-    base_dir = ctx.input_dir("train") / "model"
-    synth_dir, tok_dir = ctx.input_dir("synth"), ctx.input_dir("tokenize")
+    base_dir = ctx.input_dir(cfg.start_from) / "model"
+    synth_dir = ctx.input_dir("synth")
     rt = setup_runtime(cfg.device, cfg.compile, cfg.threads, ctx.seed)
     main = rt.dist.is_main
     model = load_model(base_dir, rt.device)
@@ -84,7 +106,7 @@ def run(ctx: StageContext, cfg: FinetuneConfig) -> dict[str, Any]:
         )
 
     lm_on = cfg.lm_eval_tokens != 0
-    lm_tokens, lm_bytes, eot = _lm_tokens(tok_dir, cfg.lm_eval_tokens, tokenizer) if lm_on else (None, 0, 0)
+    lm_tokens, lm_bytes, eot = _lm_tokens(ctx, cfg, tokenizer) if lm_on else (None, 0, 0)
 
     def lm_eval(m: Any) -> dict[str, Any] | None:
         if not lm_on or len(lm_tokens) == 0 or lm_bytes == 0:
@@ -101,14 +123,15 @@ def run(ctx: StageContext, cfg: FinetuneConfig) -> dict[str, Any]:
             ctx.log(f"[finetune] scoring the base model: {val_data.n_tokens:,} assistant tokens"
                     + (f" and {len(lm_tokens):,} validation text tokens" if lm_on else ""))
         nats, n = evaluate(model, val_data.batches(None), rt)
-        train_stats = ctx.input_manifest("train").get("stats") or {}
+        train_stats = ctx.input_manifest("train").get("stats") or {} if cfg.start_from == "train" else {}
         if lm_on and cfg.lm_eval_tokens is None and train_stats.get("val_tokens") == len(lm_tokens):
             # the base model's whole-split figures: computed once, by the train stage
             lm = lm_metrics(train_stats["val_loss"] * len(lm_tokens), len(lm_tokens), lm_bytes)
         else:
             lm = lm_eval(model)
+        answers = chat_answers(model, tokenizer, cfg.sample_prompts, cfg.sample_tokens) if main else []
         before = {"fingerprint": ctx.fingerprint, "chat": {"loss": nats / n, "tokens": n}, "lm": lm,
-                  "lm_seconds": time.monotonic() - t0}
+                  "answers": answers, "lm_seconds": time.monotonic() - t0}
         if main:
             write_json(before_path, before)
     # The budget must also cover the final LM evaluation done after fit returns: start its clock that
@@ -127,12 +150,16 @@ def run(ctx: StageContext, cfg: FinetuneConfig) -> dict[str, Any]:
         ctx.log(f"[finetune] scoring the fine-tuned model on {len(lm_tokens):,} validation text tokens")
     after_lm = lm_eval(res.model)
     chat_after = {"loss": res.val_loss, "tokens": res.val_tokens}
+    answers_after = chat_answers(res.model, tokenizer, cfg.sample_prompts, cfg.sample_tokens)
     result = {
-        "base_model": "train/model",
+        "base_model": f"{cfg.start_from}/model",
+        "answers": [{"prompt": b["prompt"], "before": b["answer"], "after": a["answer"]}
+                    for b, a in zip(before.get("answers") or [], answers_after, strict=False)],
         "chat_val": {"before": _rounded(before["chat"]), "after": _rounded(chat_after), "examples": len(val_ex),
                      "unit": "nats per assistant token"},
         "lm_val": None if before["lm"] is None else {
-            "before": _rounded(before["lm"]), "after": _rounded(after_lm), "split": "tokenize/val.bin",
+            "before": _rounded(before["lm"]), "after": _rounded(after_lm),
+            "split": "tokenize/val.bin" if cfg.start_from == "train" else "prepare/val.jsonl",
             "max_tokens": cfg.lm_eval_tokens},
     }
     write_json(ctx.out_dir / "eval.json", result)
@@ -142,6 +169,7 @@ def run(ctx: StageContext, cfg: FinetuneConfig) -> dict[str, Any]:
             + (f"; LM bits/byte {before['lm']['bits_per_byte']:.4f} -> {after_lm['bits_per_byte']:.4f}"
                if before["lm"] and after_lm else ""))
     return {
+        "start_from": cfg.start_from,
         "steps": st.step,
         "max_steps": cfg.max_steps,
         "stopped_by": st.stopped_by,
@@ -167,12 +195,17 @@ def check_config(cfg: FinetuneConfig, recipe: Any) -> None:
     cfg.check_extras("finetune")
 
 
+def reads(cfg: FinetuneConfig) -> tuple[str, ...]:
+    if cfg.start_from == "base":
+        return ("base", "synth", "prepare")
+    return ("train", "synth", "tokenize")
+
+
 def report(rc: ReportContext) -> str:
     from gristmill.report.markdown import (
         METRIC_NAMES,
         curve_section,
         read_json_or_none,
-        samples_section,
         table,
     )
 
@@ -196,8 +229,30 @@ def report(rc: ReportContext) -> str:
                          "validation text (the same tokens and definition as the Evaluate section), which "
                          "show what fine-tuning cost general text modelling.\n\n"
                          + table(["metric", "base model", "fine-tuned", "change"], rows) + "\n")
-        parts.append(samples_section(ft, "Fine-tuned model samples", rc.options))
+        parts.append(answers_section(rc, ft))
     return "\n".join(p for p in parts if p)
+
+
+def answers_section(rc: ReportContext, ft: dict[str, Any]) -> str:
+    """Every model's greedy answer to the same chat prompts, side by side."""
+    from gristmill.report.markdown import clip, read_json_or_none, table
+
+    ev = read_json_or_none(rc.stage_dir("evaluate") / "eval.json")
+    pre = {a["prompt"]: a["answer"] for a in (ev or {}).get("chat_answers") or [] if isinstance(a, dict)}
+    start = (rc.manifests.get("finetune") or {}).get("stats", {}).get("start_from", "train")
+    base_name = "imported base model" if start == "base" else "pre-trained model"
+    parts = []
+    for a in ft.get("answers") or []:
+        rows = []
+        if start == "base" and a["prompt"] in pre:
+            rows.append(["pre-trained (this run, not chat-tuned)", clip(pre[a["prompt"]], 400)])
+        rows += [[f"{base_name}, before fine-tuning", clip(a["before"], 400)],
+                 ["fine-tuned", clip(a["after"], 400)]]
+        parts.append(f"**{a['prompt']}**\n\n" + table(["model", "answer (greedy)"], rows) + "\n")
+    if not parts:
+        return ""
+    return "### Answers side by side\n\nThe same chat prompts, answered greedily by each model of the run.\n\n" + \
+        "\n".join(parts)
 
 
 def summary(manifest: dict[str, Any], run_dir: Path) -> list[str]:
@@ -218,9 +273,10 @@ def summary(manifest: dict[str, Any], run_dir: Path) -> list[str]:
 STAGE = Stage(
     name="finetune",
     config=FinetuneConfig,
-    needs=("train", "synth", "tokenize"),
+    needs=("train", "base", "synth", "tokenize", "prepare"),
+    reads=reads,
     run=run,
-    help="supervised fine-tuning on the synthetic chat data",
+    help="supervised fine-tuning on the synthetic chat data (of this run's model or the imported base)",
     resumable=True,
     distributed=True,
     check=check_config,

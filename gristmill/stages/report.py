@@ -115,7 +115,8 @@ def summary(manifest: dict[str, Any], run_dir: Path) -> list[str]:
 STAGE = Stage(
     name="report",
     config=ReportConfig,
-    needs=("collect", "prepare", "synth", "tokenize", "train", "evaluate", "finetune"),
+    needs=("collect", "prepare", "synth", "tokenize", "train", "evaluate", "base", "finetune"),
+    partial_inputs=True,
     run=run,
     help="write a Markdown report of the run",
     summary=summary,

@@ -2,7 +2,8 @@
 
 A batch source is anything with ``next_batch() -> (x, y)`` (this process's share of one optimiser step,
 int64 tensors [b, T] on the CPU, targets of -100 ignored) plus ``state_dict()`` / ``load_state_dict()``
-so a checkpoint can record where it is. ``RandomWindows`` (pre-training) draws the batch of step s from a
+so a checkpoint can record where it is. A source of packed rows (``PackedChatBatches``) returns
+``(x, y, segments)``: the third tensor [b, T] goes to the model's ``segments`` argument. ``RandomWindows`` (pre-training) draws the batch of step s from a
 generator seeded by (seed, s): the data a step sees does not depend on how many processes share it or on
 whether the run was interrupted.
 """
@@ -21,11 +22,11 @@ import torch
 from gristmill.errors import InputError
 from gristmill.eval.lm import eval_windows
 from gristmill.formats.vocab import IGNORE_INDEX
-from gristmill.train.sft import ChatExamples, pad_batch
+from gristmill.train.sft import ChatExamples, PackedRows, pad_batch
 
 
 class BatchSource(Protocol):
-    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def next_batch(self) -> tuple[torch.Tensor, ...]: ...  # (x, y) or, for packed rows, (x, y, segments)
     def state_dict(self) -> dict[str, Any]: ...
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
@@ -162,6 +163,46 @@ class ChatBatches:
         share = self.batch_size // self.world
         self.step += 1
         return pad_batch(self.ex, idx[self.rank * share : (self.rank + 1) * share], width)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+
+
+class PackedChatBatches:
+    """Training batches (``BatchSource``) of packed chat rows: ``(x, y, segments)``, reproducible by step.
+
+    Like ``ChatBatches`` over rows instead of conversations: the global batch of step s is the rows at
+    positions s*B .. s*B+B-1 of the sequence of epochs, each a permutation drawn from
+    ``default_rng([seed, epoch])``; process ``rank`` takes its share. Every row is ``rows.width`` wide,
+    so every batch has one shape (what a compiled model wants).
+    """
+
+    def __init__(self, rows: PackedRows, batch_size: int, seed: int, rank: int = 0, world: int = 1):
+        if len(rows) == 0:
+            raise InputError("no chat examples to fine-tune on (synth's train.jsonl is empty after packing)")
+        if batch_size % world:
+            raise InputError(f"finetune.batch_size {batch_size} is not divisible by the {world} processes")
+        self.rows, self.batch_size, self.seed, self.rank, self.world = rows, batch_size, seed, rank, world
+        self.step = 0
+        self._perms: dict[int, np.ndarray] = {}
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        if epoch not in self._perms:
+            self._perms = {epoch: np.random.default_rng([self.seed, epoch]).permutation(len(self.rows))}
+        return self._perms[epoch]
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        n = len(self.rows)
+        share = self.batch_size // self.world
+        first = self.step * self.batch_size + self.rank * share
+        idx = np.array([self._perm(p // n)[p % n] for p in range(first, first + share)])
+        self.step += 1
+        r = self.rows
+        return (torch.from_numpy(r.x[idx]), torch.from_numpy(r.y[idx]),  # [b,T] each
+                torch.from_numpy(r.segments[idx]))
 
     def state_dict(self) -> dict[str, Any]:
         return {"step": self.step}

@@ -12,6 +12,7 @@ from pydantic import Field, model_validator
 
 from gristmill.core.config import Config
 from gristmill.core.extras import check
+from gristmill.formats.chat import SAMPLE_PROMPTS
 from gristmill.model.config import ModelConfig
 
 
@@ -151,6 +152,14 @@ class TrainConfig(LoopConfig):
 class FinetuneConfig(LoopConfig):
     """Supervised fine-tuning: the pre-training loop's keys, with defaults for a short, gentle run."""
 
+    start_from: Literal["train", "base"] = "train"
+    """The model to fine-tune: ``train`` (the one this run pre-trained) or ``base`` (the pretrained model the
+    ``base`` stage imported, e.g. SmolLM2), each with its own tokenizer."""
+    sample_prompts: list[str] = list(SAMPLE_PROMPTS)
+    """Chat prompts answered (greedily) by the model before and after fine-tuning, shown side by side in
+    the report."""
+    sample_tokens: int = Field(48, ge=1)
+    """Tokens generated per sample answer."""
     max_steps: int = Field(200, ge=0)
     """Optimiser steps to run (the schedule's length unless the time budget ends the run first)."""
     batch_size: int = Field(16, ge=1)
@@ -172,3 +181,35 @@ class FinetuneConfig(LoopConfig):
     lm_eval_tokens: int | None = Field(None, ge=0)
     """Tokens of tokenize's val.bin for the language-model bits per byte before and after fine-tuning
     (None = the same tokens the evaluate stage scores, so the numbers compare; 0 = skip)."""
+
+
+LORA_TARGETS: tuple[str, ...] = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
+"""The model's linear layers LoRA can adapt: the attention projections and the SwiGLU MLP's three."""
+
+
+class LoraConfig(Config):
+    """Low-rank adapters (LoRA) on the model's linear layers; the base weights stay frozen."""
+
+    enabled: bool = False
+    """Fine-tune low-rank adapters instead of every weight (far fewer trainable parameters and less
+    optimiser memory)."""
+    rank: int = Field(16, ge=1, le=1024)
+    """Rank r of each adapter: A is [r, in], B is [out, r]; higher = more capacity, more parameters."""
+    alpha: float = Field(32.0, gt=0, le=4096)
+    """The update is scaled by alpha / rank, so the step size stays comparable when the rank changes."""
+    dropout: float = Field(0.0, ge=0, lt=1)
+    """Dropout on the adapters' input (the frozen base path sees the input unchanged)."""
+    target_modules: list[str] = Field(default_factory=lambda: list(LORA_TARGETS), min_length=1, max_length=7)
+    """Names of the linear layers to adapt in every block: any of wq, wk, wv, wo, w_gate, w_up, w_down."""
+    merge: bool = True
+    """When saving, fold the adapters into the base weights and write an ordinary model directory (False:
+    save the adapters on their own, beside the base model they need)."""
+
+    @model_validator(mode="after")
+    def _check_targets(self) -> LoraConfig:
+        unknown = [t for t in self.target_modules if t not in LORA_TARGETS]
+        if unknown:
+            raise ValueError(f"unknown target_modules {unknown}; use any of {', '.join(LORA_TARGETS)}")
+        if len(set(self.target_modules)) != len(self.target_modules):
+            raise ValueError(f"target_modules {self.target_modules} names a layer twice; list each once")
+        return self

@@ -1,9 +1,14 @@
 """Chat examples for supervised fine-tuning: read chat records, encode them with the chat template (loss on
-assistant tokens only), cut them to the context, and pad batches.
+assistant tokens only), cut them to the context, and pad batches or pack them into full rows.
+
+Padding wastes the rows' tails (short chats padded to the longest of the batch); packing
+(``pack_examples``) fills each row with several conversations end to end, and the model's ``segments``
+argument keeps them apart (positions restart, no attention across), so each still scores as if alone.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,3 +87,98 @@ def pad_batch(
         x[row, :n] = torch.from_numpy(ex.ids[i][:-1])
         y[row, :n] = torch.from_numpy(ex.labels[i][1:])
     return x, y
+
+
+@dataclass
+class PackedRows:
+    """Conversations packed end to end into rows of ``width`` positions (inputs and shifted targets).
+
+    A conversation of n tokens fills n - 1 positions: its ids[:-1] in ``x`` and labels[1:] in ``y``.
+    ``segments`` numbers the conversations of a row 0, 1, ...; the padding after the last one is a
+    segment of its own (``<|pad|>`` inputs, -100 targets), so it never touches a real token.
+    """
+
+    x: np.ndarray
+    """[R, width] int64 input ids."""
+    y: np.ndarray
+    """[R, width] int64 targets, -100 off assistant tokens and on padding."""
+    segments: np.ndarray
+    """[R, width] int64 segment id of each position, for the model's ``segments`` argument."""
+    examples: int = 0
+    """Conversations packed."""
+    truncated: int = 0
+    """Conversations longer than ``width + 1`` tokens, cut to fit one row."""
+    dropped: int = 0
+    """Conversations with no assistant token left after the cut (not packed)."""
+    tokens: int = 0
+    """Positions holding a conversation's token (the rest is padding)."""
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    @property
+    def width(self) -> int:
+        return self.x.shape[1]
+
+    @property
+    def fill(self) -> float:
+        """Fraction of positions holding a conversation's token rather than padding."""
+        return self.tokens / self.x.size if self.x.size else 0.0
+
+    @property
+    def target_tokens(self) -> int:
+        """Positions that carry loss."""
+        return int((self.y != IGNORE_INDEX).sum())
+
+
+def pack_examples(ex: ChatExamples, block_size: int) -> PackedRows:
+    """Pack conversations into as few rows of ``block_size`` positions as best-fit decreasing finds.
+
+    Longest first, each conversation goes into the open row it fills most tightly (or a new row), so
+    rows end up nearly full and the result does not depend on the input order beyond ties (broken by
+    position: the packing is deterministic). One longer than ``block_size + 1`` tokens is cut to that and
+    counted in ``truncated``; one with no assistant target left after the cut is counted in ``dropped``.
+    """
+    if block_size < 1:
+        raise ValueError(f"block_size must be at least 1 to pack conversations, got {block_size}")
+    out = PackedRows(np.empty((0, block_size), np.int64), np.empty((0, block_size), np.int64),
+                     np.empty((0, block_size), np.int64))
+    items: list[tuple[np.ndarray, np.ndarray]] = []  # (x part, y part) of each kept conversation
+    for ids, lab in zip(ex.ids, ex.labels, strict=True):
+        if len(ids) > block_size + 1:
+            ids, lab = ids[: block_size + 1], lab[: block_size + 1]
+            out.truncated += 1
+        if len(ids) < 2 or not (lab[1:] != IGNORE_INDEX).any():
+            out.dropped += 1
+            continue
+        items.append((ids[:-1], lab[1:]))
+    order = sorted(range(len(items)), key=lambda i: (-len(items[i][0]), i))
+    rows: list[list[int]] = []  # item indices per row, in packing order
+    free: list[tuple[int, int]] = []  # (free positions, row) of the open rows, sorted
+    for i in order:
+        need = len(items[i][0])
+        at = bisect.bisect_left(free, (need, -1))  # the tightest row with room
+        if at < len(free):
+            room, r = free.pop(at)
+        else:
+            room, r = block_size, len(rows)
+            rows.append([])
+        rows[r].append(i)
+        if room - need > 0:
+            bisect.insort(free, (room - need, r))
+    n = len(rows)
+    out.x = np.full((n, block_size), PAD_ID, dtype=np.int64)
+    out.y = np.full((n, block_size), IGNORE_INDEX, dtype=np.int64)
+    out.segments = np.empty((n, block_size), dtype=np.int64)
+    for r, members in enumerate(rows):
+        pos = 0
+        for s, i in enumerate(members):
+            xi, yi = items[i]
+            out.x[r, pos:pos + len(xi)] = xi
+            out.y[r, pos:pos + len(yi)] = yi
+            out.segments[r, pos:pos + len(xi)] = s
+            pos += len(xi)
+        out.segments[r, pos:] = len(members)  # padding: a segment of its own
+    out.examples = len(items)
+    out.tokens = sum(len(x) for x, _ in items)
+    return out

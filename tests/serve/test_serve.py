@@ -1,84 +1,22 @@
-"""serve: real HTTP against uvicorn on a loopback port: OpenAI-shaped completions and chat, streaming, auth."""
+"""serve: real HTTP against uvicorn on a loopback port: OpenAI-shaped completions and chat, streaming, several
+choices, log-probabilities, auth and metrics (the servers are in conftest.py)."""
 
 from __future__ import annotations
 
 import json
-import shutil
-import socket
-import subprocess
+import re
 import threading
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
+from serving import AUTH, sse
 
 from gristmill.formats.chat import encode_chat
 from gristmill.inference.sampling import SamplingParams
 from gristmill.inference.stream import generate
-from gristmill.model.io import load_for_inference
 from gristmill.serve.app import create_app
 from gristmill.serve.config import ServeConfig
-
-KEY = "test-key"
-AUTH = {"Authorization": f"Bearer {KEY}"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """uvicorn in a background thread, stopped (and joined) when the test module ends."""
-
-    def __init__(self, app) -> None:
-        self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> str:
-        self.thread.start()
-        deadline = time.time() + 30
-        while not self.server.started:
-            assert self.thread.is_alive() and time.time() < deadline, "uvicorn did not start"
-            time.sleep(0.05)
-        return f"http://127.0.0.1:{self.port}"
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-
-
-@pytest.fixture(scope="module")
-def base(tiny_model_dir: Path) -> Iterator[str]:
-    app = create_app(tiny_model_dir, ServeConfig(max_tokens=16, device="cpu"), api_key=KEY)
-    with Server(app) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def client(base: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=base, headers=AUTH, timeout=30) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def loaded(tiny_model_dir: Path):
-    return load_for_inference(tiny_model_dir, "cpu")
-
-
-def sse(response: httpx.Response) -> list:
-    """The parsed data lines of a server-sent-event stream, ending with the literal '[DONE]'."""
-    out = []
-    for line in response.iter_lines():
-        if line.startswith("data: "):
-            data = line[len("data: "):]
-            out.append(data if data == "[DONE]" else json.loads(data))
-    return out
 
 
 def test_health_is_open_and_models_need_the_key(base: str):
@@ -178,7 +116,10 @@ def test_streamed_chat_sends_role_then_content_deltas(client: httpx.Client):
 @pytest.mark.parametrize("path, body, param", [
     ("/v1/completions", {"max_tokens": 4}, "prompt"),
     ("/v1/completions", {"prompt": "x", "temperature": -1}, "temperature"),
-    ("/v1/completions", {"prompt": "x", "n": 2}, "n"),
+    ("/v1/completions", {"prompt": "x", "n": 0}, "n"),
+    ("/v1/completions", {"prompt": "x", "logprobs": 9}, "logprobs"),
+    ("/v1/completions", {"prompt": "x", "presence_penalty": 3}, "presence_penalty"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "top_logprobs": 50}, "top_logprobs"),
     ("/v1/completions", {"prompt": []}, "prompt"),
     ("/v1/completions", {"prompt": 5}, "prompt"),
     ("/v1/completions", {"prompt": "x", "stop": [1, 2]}, "stop"),
@@ -204,21 +145,23 @@ def test_invalid_json_and_too_long_prompt_are_400(client: httpx.Client, tiny_mod
     assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
 
 
-def test_concurrent_requests_are_served_one_at_a_time_correctly(client: httpx.Client, base: str):
-    req = {"prompt": "To be", "max_tokens": 10, "temperature": 0}
-    expected = client.post("/v1/completions", json=req).json()["choices"][0]["text"]
-    results: list[str] = []
+def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(client: httpx.Client, base: str):
+    prompts = ["To be", "HAMLET.", "Enter GHOST", "O, that this"]
+    expected = {p: client.post("/v1/completions", json={"prompt": p, "max_tokens": 10, "temperature": 0}).json()
+                ["choices"][0]["text"] for p in prompts}
+    results: list[tuple[str, str]] = []
 
-    def call() -> None:
+    def call(p: str) -> None:
         with httpx.Client(base_url=base, headers=AUTH, timeout=60) as c:
-            results.append(c.post("/v1/completions", json=req).json()["choices"][0]["text"])
+            r = c.post("/v1/completions", json={"prompt": p, "max_tokens": 10, "temperature": 0})
+            results.append((p, r.json()["choices"][0]["text"]))
 
-    threads = [threading.Thread(target=call) for _ in range(4)]
+    threads = [threading.Thread(target=call, args=(p,)) for p in prompts * 2]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert results == [expected] * 4
+    assert sorted(results) == sorted((p, expected[p]) for p in prompts * 2)
 
 
 def test_closing_a_stream_early_leaves_the_server_usable(client: httpx.Client):
@@ -266,6 +209,8 @@ def test_out_of_range_seed_unknown_model_and_too_many_tokens_are_client_errors(c
     # without max_tokens the server's default is cut to the room left
     r = client.post("/v1/completions", json={"prompt": "To be", "temperature": 0})
     assert r.status_code == 200 and r.json()["usage"]["total_tokens"] <= 64
+    r = client.post("/v1/completions", json={"prompt": "To be", "n": 100})
+    assert r.status_code == 400 and "n=100" in r.json()["error"]["message"]
 
 
 def test_the_chat_page_gets_a_favicon(base: str):
@@ -283,64 +228,100 @@ def test_serve_names_a_missing_run(tmp_path: Path):
         serve(tmp_path)
 
 
-PAGE_HARNESS = r"""
-// Runs the chat page's script in Node against the live server, with just enough of a DOM for it.
-const fs = require("fs");
-const [base, script, key] = process.argv.slice(2);
-class El {
-  constructor(id) { this.id = id; this.value = ""; this.textContent = ""; this.disabled = false;
-                    this.className = ""; this.children = []; this.listeners = {}; this.parentElement = null;
-                    this.classList = { add: (c) => { this.className += " " + c; } }; }
-  addEventListener(ev, fn) { (this.listeners[ev] = this.listeners[ev] || []).push(fn); }
-  append(...els) { for (const e of els) { e.parentElement = this; this.children.push(e); } }
-  replaceChildren() { this.children = []; }
-  scrollIntoView() {}
-  requestSubmit() { for (const fn of this.listeners.submit || []) fn({ preventDefault() {} }); }
-}
-const els = {};
-global.document = { getElementById: (id) => (els[id] = els[id] || new El(id)), createElement: () => new El() };
-const store = {};
-global.sessionStorage = { getItem: (k) => store[k] ?? null, setItem: (k, v) => { store[k] = v; } };
-const realFetch = fetch;
-global.fetch = (url, opts) => realFetch(base + url, opts);
-const $ = document.getElementById;
-$("temperature").value = "0"; $("top-p").value = "1"; $("max-tokens").value = "12";
-$("system").value = "";
-eval(fs.readFileSync(script, "utf8"));
-(async () => {
-  await new Promise((r) => setTimeout(r, 300));  // the first loadModel(), refused without the key
-  const refused = $("status").textContent;
-  $("api-key").value = key;  // the user types the key into Settings
-  for (const fn of $("api-key").listeners.change) fn();
-  await new Promise((r) => setTimeout(r, 300));
-  $("input").value = "Who is Hamlet?";
-  $("composer").requestSubmit();
-  for (let i = 0; i < 200 && ($("send").disabled || !$("messages").children.length); i++) {
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  const msgs = $("messages").children.map((d) => ({ cls: d.className, text: d.children[1].textContent }));
-  console.log(JSON.stringify({ refused, model: $("model-name").textContent, status: $("status").textContent,
-                               msgs }));
-})();
-"""
+def test_several_choices_each_sample_with_their_own_seed(client: httpx.Client, loaded):
+    model, tok = loaded
+    req = {"prompt": ["To be", "HAMLET."], "n": 3, "max_tokens": 8, "temperature": 1.0, "seed": 11}
+    body = client.post("/v1/completions", json=req).json()
+    assert [c["index"] for c in body["choices"]] == list(range(6))
+    for c in body["choices"]:
+        prompt, i = req["prompt"][c["index"] // 3], c["index"] % 3
+        alone = generate(model, tok, prompt, SamplingParams(max_new_tokens=8, temperature=1.0, seed=11 + i))
+        assert c["text"] == alone.text
+    assert body["usage"]["prompt_tokens"] == len(tok.encode("To be").ids) + len(tok.encode("HAMLET.").ids)
+    # streamed: every choice gets its role, its deltas and one finish reason; then the usage
+    with client.stream("POST", "/v1/chat/completions", json={
+            "messages": [{"role": "user", "content": "Who is Hamlet?"}], "n": 2, "max_tokens": 6, "temperature": 0.8,
+            "seed": 3, "stream": True, "stream_options": {"include_usage": True}}) as r:
+        events = sse(r)
+    assert events[-1] == "[DONE]"
+    chunks = events[:-1]
+    for i in (0, 1):
+        mine = [c["choices"][0] for c in chunks if c["choices"] and c["choices"][0]["index"] == i]
+        assert mine[0]["delta"] == {"role": "assistant", "content": ""}
+        assert [m["finish_reason"] for m in mine if m["finish_reason"]] in (["stop"], ["length"])
+    assert chunks[-1]["choices"] == [] and 2 <= chunks[-1]["usage"]["completion_tokens"] <= 12
+    assert all(c["usage"] is None for c in chunks[:-1])
 
 
-@pytest.mark.skipif(shutil.which("node") is None, reason="needs Node.js to run the page's script")
-def test_chat_page_script_streams_a_reply(base: str, client: httpx.Client, tmp_path: Path):
-    from importlib import resources
+def test_logprobs_in_both_shapes_agree_with_the_text(client: httpx.Client):
+    r = client.post("/v1/completions", json={"prompt": "HAMLET.\n", "max_tokens": 6, "temperature": 0,
+                                             "logprobs": 2, "stop_token_ids": []})
+    choice = r.json()["choices"][0]
+    lp = choice["logprobs"]
+    assert "".join(lp["tokens"]) == choice["text"] and len(lp["token_logprobs"]) == 6
+    assert all(v <= 0 for v in lp["token_logprobs"]) and all(len(t) == 2 for t in lp["top_logprobs"])
+    # greedy: the chosen token is the most likely one
+    assert all(max(top.values()) == pytest.approx(v) for top, v in zip(lp["top_logprobs"], lp["token_logprobs"],
+                                                                       strict=True))
+    assert lp["text_offset"][0] == 0 and lp["text_offset"][1] == len(lp["tokens"][0])
+    chat = {"messages": [{"role": "user", "content": "Who is Hamlet?"}], "max_tokens": 6, "temperature": 0,
+            "logprobs": True, "top_logprobs": 1}
+    with client.stream("POST", "/v1/chat/completions", json={**chat, "stream": True}) as r:
+        events = sse(r)[:-1]
+    content = [e for ev in events for e in ((ev["choices"][0].get("logprobs") or {}).get("content") or [])]
+    text = "".join(ev["choices"][0]["delta"].get("content", "") for ev in events)
+    assert bytes(b for e in content for b in e["bytes"]).decode("utf-8") == text
+    assert all(e["top_logprobs"][0]["logprob"] == pytest.approx(e["logprob"]) for e in content)
+    whole = client.post("/v1/chat/completions", json=chat).json()["choices"][0]
+    assert [e["token"] for e in whole["logprobs"]["content"]] == [e["token"] for e in content]
+    r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "top_logprobs": 2})
+    assert r.status_code == 400 and "logprobs" in r.json()["error"]["message"]
 
-    harness = tmp_path / "harness.js"
-    harness.write_text(PAGE_HARNESS)
-    script = resources.files("gristmill.serve") / "static" / "chat.js"
-    proc = subprocess.run(["node", str(harness), base, str(script), KEY], capture_output=True, text=True,
-                          timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    page = json.loads(proc.stdout.strip().splitlines()[-1])
-    expected = client.post("/v1/chat/completions", json={
-        "messages": [{"role": "user", "content": "Who is Hamlet?"}], "max_tokens": 12, "temperature": 0,
-    }).json()["choices"][0]["message"]["content"]
-    assert "API key" in page["refused"]
-    assert page["model"].startswith("tiny")
-    assert [m["cls"].split()[:2] for m in page["msgs"]] == [["msg", "user"], ["msg", "assistant"]]
-    assert page["msgs"][0]["text"] == "Who is Hamlet?"
-    assert page["msgs"][1]["text"] == expected
+
+def test_penalties_change_greedy_output(client: httpx.Client):
+    req = {"prompt": "HAMLET.\n", "max_tokens": 30, "temperature": 0, "stop_token_ids": [], "stop": []}
+    plain = client.post("/v1/completions", json=req).json()["choices"][0]["text"]
+    penalized = client.post("/v1/completions", json={**req, "frequency_penalty": 2, "presence_penalty": 2}).json()
+    assert penalized["choices"][0]["text"] != plain
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus' text format (0 when absent)."""
+    want = sorted(f'{k}="{v}"' for k, v in labels.items())
+    for line in text.splitlines():
+        m = re.match(r"^(\w+)(?:\{(.*)\})? (\S+)$", line)
+        if m and m.group(1) == name and sorted(filter(None, (m.group(2) or "").split(","))) == want:
+            return float(m.group(3))
+    return 0.0
+
+
+def test_metrics_count_requests_tokens_and_first_token_times(base: str, client: httpx.Client):
+    assert httpx.get(f"{base}/metrics", timeout=10).status_code == 401
+    before = client.get("/metrics").text
+    client.post("/v1/completions", json={"prompt": "To be", "max_tokens": 5, "temperature": 0, "stop_token_ids": []})
+    with client.stream("POST", "/v1/completions", json={"prompt": "To be", "max_tokens": 5, "stream": True}) as r:
+        sse(r)
+    client.post("/v1/completions", json={"prompt": "x", "temperature": -1})
+    after = client.get("/metrics")
+    assert after.status_code == 200 and after.headers["content-type"].startswith("text/plain")
+    text = after.text
+
+    def grew(name: str, **labels: str) -> float:
+        return metric(text, name, **labels) - metric(before, name, **labels)
+
+    assert grew("gristmill_requests_total", path="/v1/completions", status="200") == 2
+    assert grew("gristmill_requests_total", path="/v1/completions", status="400") == 1
+    assert grew("gristmill_generated_tokens_total") >= 6
+    assert grew("gristmill_time_to_first_token_seconds_count") == 2
+    assert grew("gristmill_time_to_first_token_seconds_sum") > 0
+    assert metric(text, "gristmill_requests_running") == 0 and metric(text, "gristmill_requests_waiting") == 0
+
+
+def test_with_a_key_only_the_page_and_health_are_open(base: str):
+    for path in ("/", "/health", "/static/chat.js", "/favicon.ico"):
+        assert httpx.get(f"{base}{path}", timeout=10).status_code == 200, path
+    for path in ("/v1/models", "/metrics", "/docs", "/openapi.json", "/no/such/path"):
+        r = httpx.get(f"{base}{path}", timeout=10)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key", path
+    r = httpx.get(f"{base}/no/such/path", headers=AUTH, timeout=10)
+    assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"

@@ -274,7 +274,8 @@ def test_time_budget_stops_in_time_with_final_eval_and_checkpoint(tmp_path, toke
     stats = run_train(ctx_for(run), cfg)
     wall = time.monotonic() - t0
     assert stats["stopped_by"] == "time_budget"
-    assert 2.0 < wall < 4.0 + 1.5, wall  # some slack for the model dir write and a loaded machine
+    assert 1.0 < wall < 4.0 + 1.5, wall  # slack for the model dir write and a loaded machine (the final
+    # evaluation's reserve is measured on this machine, so contention makes it stop earlier)
     assert stats["val_tokens"] > 0 and (run / "train" / "model" / "model.safetensors").exists()
     last = latest_checkpoint(run / "train" / "checkpoints", "fp")
     assert last is not None and last.state["trainer"]["step"] == stats["steps"]

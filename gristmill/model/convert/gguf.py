@@ -27,8 +27,9 @@ if TYPE_CHECKING:
 ARCHITECTURES = ("llama",)
 """``general.architecture`` values this importer reads."""
 
-PLAIN_PRE = ("default", "gpt2")
-"""``tokenizer.ggml.pre`` values split with GPT-2's regex alone."""
+PLAIN_PRE = ("default", "gpt2", "gpt-2")
+"""``tokenizer.ggml.pre`` values split with GPT-2's regex alone (llama.cpp's own name is ``gpt-2``; Gristmill's
+exporter writes it)."""
 DIGIT_PRE = ("smollm", "starcoder", "refact")
 """``tokenizer.ggml.pre`` values that llama.cpp splits into single digits first, then with GPT-2's regex
 (SmolLM2 says ``smollm``; its original ``tokenizer.json`` has the same Digits + ByteLevel sequence)."""

@@ -38,20 +38,32 @@ function addMessage(role, text) {
   return body;
 }
 
+// One sentence for a failed response: the server's OpenAI-style message, plus what to do about it.
 async function errorText(resp) {
+  let message;
   try {
     const body = await resp.json();
-    return (body.error && body.error.message) || JSON.stringify(body);
+    message = (body.error && body.error.message) || JSON.stringify(body);
   } catch (e) {
-    return resp.status + " " + resp.statusText;
+    message = resp.status + " " + resp.statusText;
   }
+  if (resp.status === 401) {
+    $("settings").open = true;
+    keyInput.focus();
+    return "This server needs an API key: enter it in Settings. (" + message + ")";
+  }
+  if (resp.status === 503) {
+    const wait = resp.headers.get("Retry-After");
+    return "The server is busy" + (wait ? "; try again in " + wait + " s" : "; try again shortly") + ". (" + message + ")";
+  }
+  return message;
 }
 
 async function loadModel() {
   try {
     const resp = await fetch("/v1/models", { headers: headers() });
     if (!resp.ok) {
-      setStatus(resp.status === 401 ? "This server needs an API key: open Settings." : await errorText(resp));
+      setStatus(await errorText(resp));
       return;
     }
     const body = await resp.json();

@@ -157,7 +157,7 @@ def test_import_gguf_refuses_other_tokenizers(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="'llama' tokenizer; only byte-level BPE"):
         import_gguf(tmp_path / "spm.gguf")
     write_gguf(tmp_path / "qwen.gguf", model, tok, "qwen2")
-    with pytest.raises(InputError, match="pre-tokenizer 'qwen2'; supported: default, gpt2, smollm"):
+    with pytest.raises(InputError, match="pre-tokenizer 'qwen2'; supported: default, gpt2, gpt-2, smollm"):
         import_gguf(tmp_path / "qwen.gguf")
 
 

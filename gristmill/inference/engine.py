@@ -1,0 +1,849 @@
+"""The inference engine: many generations at once on one model, with continuous batching.
+
+Requests wait in a bounded queue. A background thread runs a step loop; each step
+
+1. drops cancelled requests (their KV-cache slots are free for the next step),
+2. admits waiting requests while KV-cache slots are free and feeds their prompts through the model in
+   chunks of at most ``prefill_chunk`` tokens per step (a long prompt is spread over several steps, so
+   it delays the running streams by one chunk per token instead of by the whole prompt), and
+3. runs one decode forward for every running sequence together, each attending over its own length.
+
+Sequences finish on their own (a stop token, a stop string, ``max_new_tokens`` or the context window) and
+leave the batch at once; new ones join between steps. Results stream back through thread-safe queues,
+or an asyncio queue for a server (:meth:`Engine.submit` with ``loop``).
+
+The KV cache is one preallocated tensor per layer, ``[slots + 1, K, capacity, D]``: slot ``i < B`` holds
+the ``i``-th running sequence (running sequences are kept packed in slots ``0..B-1``, so a decode step
+reads the plain view ``[:B, :, :L]``), and the last slot is the staging area where a prompt is prefilled
+before its cache is copied into the slots of its choices (several choices share one prefill). The
+capacity grows (by doubling) when a sequence needs it and shrinks when long sequences are gone, so memory
+follows the longest running sequence rather than the model's whole context window.
+
+Every choice samples with :func:`~gristmill.inference.sampling.sample_next` and its own generator, and
+decodes through the same stop-string and UTF-8 logic as :class:`~gristmill.inference.stream.TextStream`,
+so a request gives the text :func:`~gristmill.inference.stream.generate` gives (batched matrix products
+round differently from single-row ones, so equality holds up to float rounding; greedy picks differ only
+where two tokens tie to within that rounding).
+
+Shapes in comments: B running sequences, T prompt tokens fed now, L attended length, C n_embd, H query
+heads, K key/value heads, D head dim, V vocab.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import secrets
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer
+
+from gristmill.errors import GristmillError, InputError
+from gristmill.inference.sampling import (
+    MAX_SEED,
+    IncrementalDecoder,
+    SamplingParams,
+    find_stop,
+    held_suffix,
+    sample_next,
+)
+from gristmill.inference.stream import Completion, PromptTooLongError, encode_prompt, fit_prompt
+from gristmill.model.gpt import GPT, apply_rotary
+
+# ----------------------------------------------------------------------------------------------------
+# Public types
+
+
+@dataclass
+class EngineConfig:
+    """How many sequences run at once, how many requests may wait, and how prompts are fed."""
+
+    max_batch: int = 16
+    """Sequences decoded together (KV-cache slots); a request with ``n`` choices takes ``n`` of them."""
+    max_queue: int = 64
+    """Requests waiting for a slot; one more is refused with :class:`QueueFullError` (HTTP 503)."""
+    prefill_chunk: int = 128
+    """Most prompt tokens fed between two decode steps: bounds how long a new prompt pauses the running
+    streams, at the price of a slower prefill for long prompts."""
+    max_seq_len: int | None = None
+    """Longest sequence (prompt + generated tokens); None = the model's ``block_size``. KV-cache memory is
+    at most ``n_layer * (max_batch + 1) * max_seq_len * K * D * 2`` values."""
+
+    def __post_init__(self) -> None:
+        for key in ("max_batch", "max_queue", "prefill_chunk"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.max_seq_len is not None and self.max_seq_len < 2:
+            raise ValueError(f"max_seq_len must be >= 2 (a prompt token and a generated one), got {self.max_seq_len}")
+
+
+@dataclass
+class GenerationParams:
+    """One request's options on top of the sampler's: choices, penalties and log-probabilities."""
+
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    n: int = 1
+    """Independent choices for the prompt (choice ``i`` samples with ``seed + i`` when a seed is set)."""
+    presence_penalty: float = 0.0
+    """Subtracted from the logit of every token generated so far (OpenAI's presence_penalty)."""
+    frequency_penalty: float = 0.0
+    """Subtracted from a token's logit once per time it was generated so far (OpenAI's frequency_penalty)."""
+    logprobs: bool = False
+    """Report each generated token's log-probability under the model (before temperature, top-k/top-p and
+    penalties)."""
+    top_logprobs: int = 0
+    """With ``logprobs``, also report this many most likely alternatives at each position."""
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError(f"n must be >= 1, got {self.n}")
+        for key in ("presence_penalty", "frequency_penalty"):
+            if not -2.0 <= getattr(self, key) <= 2.0:
+                raise ValueError(f"{key} must be between -2 and 2, got {getattr(self, key)}")
+        if self.top_logprobs < 0:
+            raise ValueError(f"top_logprobs must be >= 0, got {self.top_logprobs}")
+
+
+@dataclass
+class TokenLogprob:
+    """A generated token, its log-probability and (if asked) the most likely alternatives."""
+
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]] = field(default_factory=list)
+    """(token id, log-probability) of the ``top_logprobs`` most likely tokens, most likely first."""
+
+
+@dataclass
+class Delta:
+    """What one choice produced in one step: new text, the sampled ids, and the finish reason at the end."""
+
+    index: int
+    """The choice (0..n-1)."""
+    text: str
+    """New text (may be empty: an incomplete UTF-8 character or a possible stop string is held back)."""
+    token_ids: list[int]
+    """Token ids sampled in this step (a final stop token included)."""
+    logprobs: list[TokenLogprob] | None = None
+    """With ``logprobs``: one entry per sampled token except a final stop token."""
+    finish_reason: str | None = None
+    """``"stop"``, ``"length"`` or ``"cancelled"`` on the choice's last delta, else None."""
+
+
+@dataclass
+class Choice(Completion):
+    """A finished choice: the completion, its index and (if asked) its tokens' log-probabilities."""
+
+    index: int = 0
+    logprobs: list[TokenLogprob] | None = None
+
+
+class QueueFullError(GristmillError):
+    """The engine's waiting queue is full; try again after ``retry_after`` seconds."""
+
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class EngineClosedError(GristmillError):
+    """The engine was closed while the request was waiting or running."""
+
+
+_END = object()
+"""Queue sentinel after a request's last delta."""
+
+
+class RequestHandle:
+    """A submitted request. Iterate it (``for d in handle`` or ``async for d in handle``) for its
+    :class:`Delta` s, or call :meth:`result` (:meth:`aresult`) for the finished :class:`Choice` s.
+
+    Made by :meth:`Engine.submit`; a handle submitted with an event loop is read on that loop only.
+    """
+
+    def __init__(self, engine: Engine, prompt_ids: list[int], params: GenerationParams,
+                 loop: asyncio.AbstractEventLoop | None):
+        self.engine = engine
+        self.prompt_ids = prompt_ids
+        self.params = params
+        self.n = params.n
+        self.prompt_tokens = len(prompt_ids)
+        self.submitted_at = time.perf_counter()
+        self.first_token_at: float | None = None
+        """When the first token of any choice was sampled (``time.perf_counter``)."""
+        self.choices: list[Choice | None] = [None] * params.n
+        self.cancelled = False
+        self.done = False
+        self._open = params.n  # choices not yet finished
+        self._loop = loop
+        self._aq: asyncio.Queue[Any] | None = asyncio.Queue() if loop is not None else None
+        self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+    # --- engine side (the step thread, or a caller finishing a request that never ran)
+
+    def _put(self, item: Any) -> None:
+        if self._loop is None:
+            self._q.put(item)
+            return
+        try:
+            self._loop.call_soon_threadsafe(self._aq.put_nowait, item)  # type: ignore[union-attr]
+        except RuntimeError:  # the event loop has closed: nobody is listening any more
+            self.engine.cancel(self)
+
+    def _finish_choice(self, choice: Choice) -> None:
+        self.choices[choice.index] = choice
+        self._open -= 1
+        if self._open == 0:
+            self.done = True
+            self._put(_END)
+
+    def _fail(self, error: BaseException) -> None:
+        if not self.done:
+            self.done = True
+            self._put(error)
+
+    # --- caller side
+
+    def cancel(self) -> None:
+        """Stop generating; the request's KV-cache slots are free for the engine's next step."""
+        self.engine.cancel(self)
+
+    def __iter__(self) -> Iterator[Delta]:
+        if self._loop is not None:
+            raise RuntimeError("this request was submitted with an event loop: use `async for` on that loop")
+        while True:
+            item = self._q.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    async def __aiter__(self) -> AsyncIterator[Delta]:
+        if self._aq is None:
+            raise RuntimeError("this request was submitted without an event loop: iterate it with `for`")
+        while True:
+            item = await self._aq.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def result(self) -> list[Choice]:
+        """Wait for every choice to finish; the choices in index order."""
+        for _ in self:
+            pass
+        return [c for c in self.choices if c is not None]
+
+    async def aresult(self) -> list[Choice]:
+        """:meth:`result` for a request submitted with an event loop."""
+        async for _ in self:
+            pass
+        return [c for c in self.choices if c is not None]
+
+
+def token_bytes(tokenizer: Tokenizer, token_id: int) -> bytes:
+    """The raw bytes a token stands for (a byte-level BPE token may be part of a UTF-8 character, so its
+    decoded text alone can be U+FFFD)."""
+    piece = tokenizer.id_to_token(token_id)
+    if piece is None:
+        return b""
+    table = _byte_decoder()
+    if all(ch in table for ch in piece):
+        return bytes(table[ch] for ch in piece)
+    return piece.encode("utf-8")
+
+
+_BYTE_DECODER: dict[str, int] = {}
+
+
+def _byte_decoder() -> dict[str, int]:
+    """Byte-level BPE's printable stand-in for each byte value, inverted: printable Latin-1 bytes stand for
+    themselves, the other 68 take the code points from 256 upwards in byte order."""
+    if not _BYTE_DECODER:
+        printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+        extra = 0
+        for b in range(256):
+            if b in printable:
+                _BYTE_DECODER[chr(b)] = b
+            else:
+                _BYTE_DECODER[chr(256 + extra)] = b
+                extra += 1
+    return _BYTE_DECODER
+
+
+# ----------------------------------------------------------------------------------------------------
+# The KV cache
+
+
+class SlotCache:
+    """Keys and values of every sequence: one tensor per layer, ``[slots + 1, K, capacity, D]``.
+
+    Slots ``0..slots-1`` hold running sequences; slot ``slots`` (:attr:`staging`) is where prompts are
+    prefilled. Capacity grows and shrinks in powers of two between ``min_capacity`` and ``max_len``.
+    """
+
+    def __init__(self, n_layer: int, slots: int, n_kv: int, head_dim: int, max_len: int,
+                 device: torch.device, dtype: torch.dtype, min_capacity: int = 256):
+        self.n_layer, self.slots, self.n_kv, self.head_dim = n_layer, slots, n_kv, head_dim
+        self.max_len, self.device, self.dtype = max_len, device, dtype
+        self.min_capacity = min(min_capacity, max_len)
+        self.staging = slots
+        self.capacity = 0
+        self.k: list[torch.Tensor] = []
+        self.v: list[torch.Tensor] = []
+        self._resize(self.min_capacity, keep=0)
+
+    def _resize(self, capacity: int, keep: int) -> None:
+        """Reallocate with ``capacity`` positions, keeping the first ``keep`` positions of every slot."""
+        shape = (self.slots + 1, self.n_kv, capacity, self.head_dim)
+        k = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in range(self.n_layer)]
+        v = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in range(self.n_layer)]
+        for new, old in zip(k + v, self.k + self.v, strict=False):
+            new[:, :, :keep] = old[:, :, :keep]
+        self.k, self.v, self.capacity = k, v, capacity
+
+    def _fit(self, length: int) -> int:
+        cap = self.min_capacity
+        while cap < length:
+            cap *= 2
+        return min(cap, self.max_len)
+
+    def ensure(self, length: int, used: int) -> None:
+        """Make room for ``length`` positions per slot; ``used`` positions of each slot hold data."""
+        if length > self.max_len:
+            raise ValueError(f"KV cache holds at most {self.max_len} positions, {length} asked")
+        if length > self.capacity:
+            self._resize(self._fit(length), keep=min(used, self.capacity))
+
+    def shrink(self, used: int) -> None:
+        """Give memory back when every sequence fits in a quarter of the capacity."""
+        target = self._fit(max(used, 1) * 2)
+        if target < self.capacity // 2:
+            self._resize(target, keep=used)
+
+    def copy(self, src: int, dst: int, length: int) -> None:
+        """Copy the first ``length`` positions of slot ``src`` into slot ``dst`` in every layer."""
+        for t in (*self.k, *self.v):
+            t[dst, :, :length] = t[src, :, :length]
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (*self.k, *self.v))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Per-choice state
+
+
+class _TextState:
+    """Text of one choice as tokens arrive: the logic of ``TextStream`` (UTF-8 hold-back, stop strings
+    held back and cut, stop ids), pushed one token at a time instead of pulled."""
+
+    def __init__(self, tokenizer: Tokenizer, stops: Sequence[str], stop_ids: set[int]):
+        self.decoder = IncrementalDecoder(tokenizer)
+        self.stops, self.stop_ids = stops, stop_ids
+        self.full, self.sent, self.hit = "", 0, False
+
+    def push(self, token_id: int) -> tuple[str, str | None]:
+        """The new text to send and, if the choice is finished, the finish reason."""
+        if token_id in self.stop_ids:
+            return self.close("stop")
+        self.full += self.decoder.push(token_id)
+        cut = find_stop(self.full, self.stops, self.sent)
+        if cut is not None:
+            self.full, self.hit = self.full[:cut], True
+            return self.close("stop")
+        end = len(self.full) - held_suffix(self.full, self.stops)
+        if end <= self.sent:
+            return "", None
+        delta, self.sent = self.full[self.sent:end], end
+        return delta, None
+
+    def close(self, reason: str) -> tuple[str, str]:
+        """End the text: what the decoder still holds is part of it (unless a stop string already cut it)."""
+        if not self.hit:
+            self.full += self.decoder.flush()
+            cut = find_stop(self.full, self.stops, self.sent)
+            if cut is not None:
+                self.full, reason = self.full[:cut], "stop"
+        delta, self.sent = self.full[self.sent:], len(self.full)
+        return delta, reason
+
+
+class _Sequence:
+    """One choice of a request while it runs: its slot, length in the cache and sampling state."""
+
+    def __init__(self, handle: RequestHandle, index: int, slot: int, length: int, budget: int,
+                 tokenizer: Tokenizer, device: torch.device):
+        self.handle, self.index, self.slot, self.length, self.budget = handle, index, slot, length, budget
+        p = handle.params
+        self.sampling = p.sampling
+        self.stop_ids = set(p.sampling.stop_token_ids)
+        self.text = _TextState(tokenizer, p.sampling.stop, self.stop_ids)
+        self.tokens: list[int] = []
+        self.logprobs: list[TokenLogprob] | None = [] if p.logprobs else None
+        self.counts: Counter[int] = Counter()
+        self.pending = -1  # the last sampled token, fed at the next decode step
+        self.finished = False
+        seed = p.sampling.seed
+        # Every choice owns a generator, so concurrent requests never share random state; a seeded request
+        # reproduces the single-request path (same seed, same generator calls), choice i using seed + i.
+        seed = secrets.randbits(63) if seed is None else (seed + index) % (MAX_SEED + 1)
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+
+    def penalize(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits [V] less the presence and frequency penalties of the tokens generated so far."""
+        p = self.handle.params
+        if not self.counts or (p.presence_penalty == 0 and p.frequency_penalty == 0):
+            return logits
+        ids = torch.tensor(list(self.counts), device=logits.device)
+        counts = torch.tensor(list(self.counts.values()), device=logits.device, dtype=logits.dtype)
+        out = logits.clone()
+        out[ids] -= p.frequency_penalty * counts + p.presence_penalty
+        return out
+
+
+@dataclass
+class _Prefill:
+    """A request whose prompt is being fed into the staging slot."""
+
+    handle: RequestHandle
+    done: int = 0
+    """Prompt tokens already in the cache."""
+
+
+# ----------------------------------------------------------------------------------------------------
+# The engine
+
+
+class Engine:
+    """Continuous batching on one model: ``submit`` requests from any thread, read their deltas as they come.
+
+    >>> with Engine(model, tokenizer) as engine:
+    ...     handle = engine.submit(prompt_ids, SamplingParams(max_new_tokens=50))
+    ...     for delta in handle:
+    ...         print(delta.text, end="")
+
+    The step loop starts on the first submit and stops at :meth:`close`.
+    """
+
+    def __init__(self, model: GPT, tokenizer: Tokenizer, config: EngineConfig | None = None):
+        self.model, self.tokenizer = model.eval(), tokenizer
+        self.config = config or EngineConfig()
+        mc = model.config
+        if self.config.max_seq_len is not None and self.config.max_seq_len > mc.block_size:
+            raise ValueError(f"max_seq_len {self.config.max_seq_len} is longer than the model's context window "
+                             f"({mc.block_size} tokens); use at most {mc.block_size}")
+        self.context_length = self.config.max_seq_len or mc.block_size
+        """Longest sequence, prompt plus generated tokens."""
+        self.device = model.tok_emb.weight.device
+        self.cache = SlotCache(mc.n_layer, self.config.max_batch, mc.kv_heads, mc.head_dim, self.context_length,
+                               self.device, model.tok_emb.weight.dtype)
+        self._cv = threading.Condition()
+        self._waiting: deque[RequestHandle] = deque()  # guarded by _cv
+        self._cancelled: list[RequestHandle] = []  # guarded by _cv
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        # Owned by the step thread:
+        self._prefill: _Prefill | None = None
+        self._running: list[_Sequence] = []  # running[i].slot == i
+        self.running_requests = 0
+        """Requests being prefilled or decoded (read by metrics from any thread)."""
+        self.steps = 0
+        """Decode steps run so far."""
+
+    # --- lifecycle
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self) -> None:
+        """Start the step thread (submit does it on first use)."""
+        with self._cv:
+            if self._closed:
+                raise EngineClosedError("the engine is closed; create a new one")
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="gristmill-engine", daemon=True)
+                self._thread.start()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the step loop; requests still waiting or running end with :class:`EngineClosedError`."""
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        with self._cv:
+            waiting, self._waiting = list(self._waiting), deque()
+        for h in waiting:
+            h._fail(EngineClosedError("the engine was closed before this request ran"))
+
+    # --- requests
+
+    @property
+    def waiting_requests(self) -> int:
+        """Requests in the queue, not yet admitted."""
+        return len(self._waiting)
+
+    def submit(self, prompt_ids: Sequence[int], params: SamplingParams | GenerationParams | None = None, *,
+               loop: asyncio.AbstractEventLoop | None = None, wait: bool = False) -> RequestHandle:
+        """Queue a generation for ``prompt_ids`` and return its handle at once.
+
+        ``loop``: deliver deltas to this event loop (iterate the handle with ``async for`` there).
+        ``wait``: when the queue is full, block until there is room instead of raising
+        :class:`QueueFullError`. The prompt plus at least one token must fit :attr:`context_length`
+        (:class:`~gristmill.inference.stream.PromptTooLongError` otherwise).
+        """
+        gp = params if isinstance(params, GenerationParams) else GenerationParams(params or SamplingParams())
+        ids = [int(i) for i in prompt_ids]
+        if not ids:
+            raise InputError("the prompt is empty; give at least one token")
+        vocab = self.model.config.vocab_size
+        if any(not 0 <= i < vocab for i in ids):
+            raise InputError(f"prompt token ids must be in [0, {vocab})")
+        if len(ids) >= self.context_length:
+            raise PromptTooLongError(f"the prompt is {len(ids)} tokens but the context window is "
+                                     f"{self.context_length} tokens; shorten it to at most "
+                                     f"{self.context_length - 1} tokens")
+        if gp.n > self.config.max_batch:
+            raise InputError(f"n={gp.n} choices cannot run at once on this engine (max_batch "
+                             f"{self.config.max_batch}); ask for at most {self.config.max_batch}")
+        handle = RequestHandle(self, ids, gp, loop)
+        if self._budget(handle) <= 0:  # nothing to generate: finished before it starts
+            for i in range(gp.n):
+                handle._put(Delta(i, "", [], [] if gp.logprobs else None, "length"))
+                handle._finish_choice(Choice("", "length", len(ids), 0, [], index=i,
+                                             logprobs=[] if gp.logprobs else None))
+            return handle
+        self.start()
+        with self._cv:
+            while len(self._waiting) >= self.config.max_queue:
+                if not wait:
+                    raise QueueFullError(f"the server is busy ({len(self._waiting)} requests waiting); "
+                                         f"retry in a moment", retry_after=self._retry_after())
+                self._cv.wait()
+                if self._closed:
+                    raise EngineClosedError("the engine was closed while the request waited for room")
+            if self._closed:
+                raise EngineClosedError("the engine is closed; create a new one")
+            self._waiting.append(handle)
+            self._cv.notify_all()
+        return handle
+
+    def cancel(self, handle: RequestHandle) -> None:
+        """Stop a request: a waiting one leaves the queue now, a running one frees its slots before the next
+        forward pass. Its handle ends with finish reason ``"cancelled"`` for the choices still open."""
+        with self._cv:
+            if handle.done or handle.cancelled:
+                return
+            handle.cancelled = True
+            if handle in self._waiting:
+                self._waiting.remove(handle)
+                self._end_cancelled(handle, [])
+            else:
+                self._cancelled.append(handle)
+            self._cv.notify_all()
+
+    def generate_batch(self, prompts: Sequence[str | Sequence[int]],
+                       params: SamplingParams | GenerationParams | None = None,
+                       truncate: bool = False) -> list[list[Choice]]:
+        """Generate for every prompt (text, or token ids) at once; the choices of each prompt, in order.
+
+        Prompts beyond the queue's room wait for it. ``truncate`` keeps the end of a prompt that does not
+        fit the context window (else :class:`~gristmill.inference.stream.PromptTooLongError`).
+        """
+        handles = []
+        try:
+            for p in prompts:
+                ids = fit_prompt(encode_prompt(self.tokenizer, p), self.context_length, truncate)
+                handles.append(self.submit(ids, params, wait=True))
+            return [h.result() for h in handles]
+        finally:
+            for h in handles:
+                self.cancel(h)
+
+    def _budget(self, handle: RequestHandle) -> int:
+        return min(handle.params.sampling.max_new_tokens, self.context_length - handle.prompt_tokens)
+
+    def _retry_after(self) -> int:
+        """Seconds a refused client should wait: about one request's worth of the queue draining."""
+        return 1
+
+    # --- the step loop (runs on the engine thread)
+
+    def _loop(self) -> None:
+        with torch.inference_mode():
+            while True:
+                with self._cv:
+                    while not (self._closed or self._waiting or self._cancelled or self._prefill
+                               or self._running):
+                        self._cv.wait()
+                    if self._closed:
+                        break
+                try:
+                    self._step()
+                except Exception as e:  # a bug: fail what is in flight, keep serving new requests
+                    self._fail_all(RuntimeError(f"generation failed: {type(e).__name__}: {e}"))
+        self._fail_all(EngineClosedError("the engine was closed while the request ran"))
+
+    def _step(self) -> None:
+        self._drop_cancelled()
+        budget = self.config.prefill_chunk
+        while budget > 0:
+            job = self._prefill or self._admit()
+            if job is None:
+                break
+            remaining = job.handle.prompt_tokens - job.done
+            # Chunk boundaries stay at multiples of prefill_chunk whatever else runs, so a prompt's prefill
+            # is the same computation alone or in company: a long one waits for a full budget.
+            if remaining > budget and budget < self.config.prefill_chunk:
+                break
+            take = min(remaining, budget)
+            budget -= take
+            self._prefill_chunk(job, take)
+            self._drop_cancelled()
+        if self._running:
+            self._decode_step()
+            self._drop_cancelled()
+
+    def _admit(self) -> _Prefill | None:
+        """Start prefilling the first waiting request if its choices fit in the free slots."""
+        with self._cv:
+            if not self._waiting or self._waiting[0].n > self.config.max_batch - len(self._running):
+                return None
+            handle = self._waiting.popleft()
+            self._cv.notify_all()  # a submitter blocked on a full queue may go on
+        self.running_requests += 1
+        self._prefill = _Prefill(handle)
+        return self._prefill
+
+    def _prefill_chunk(self, job: _Prefill, take: int) -> None:
+        """Feed ``take`` more prompt tokens into the staging slot; after the last, start the choices."""
+        h = job.handle
+        start, end = job.done, job.done + take
+        self.cache.ensure(end, self._used())
+        logits = self._forward_prefill(h.prompt_ids[start:end], start, last=end == h.prompt_tokens)
+        job.done = end
+        if logits is None:
+            return
+        self._prefill = None
+        budget = self._budget(h)
+        seqs = []
+        for i in range(h.n):
+            seq = _Sequence(h, i, len(self._running), h.prompt_tokens, budget, self.tokenizer, self.device)
+            self.cache.copy(self.cache.staging, seq.slot, h.prompt_tokens)
+            self._running.append(seq)
+            seqs.append(seq)
+        self._sample(seqs, logits.unsqueeze(0).expand(h.n, -1))
+        self._compact()
+
+    def _decode_step(self) -> None:
+        seqs = self._running
+        self.cache.ensure(max(s.length for s in seqs) + 1, self._used())
+        logits = self._forward_decode([s.pending for s in seqs], [s.length for s in seqs])  # [B,V]
+        for s in seqs:
+            s.length += 1
+        self.steps += 1
+        self._sample(seqs, logits)
+        self._compact()
+
+    def _sample(self, seqs: list[_Sequence], logits: torch.Tensor) -> None:
+        """Pick each sequence's next token from its row of ``logits`` [B,V] and hand out the deltas."""
+        logits = logits.float()
+        want = [i for i, s in enumerate(seqs) if s.logprobs is not None]
+        logp = torch.log_softmax(logits[want], dim=-1) if want else None  # [len(want),V]
+        logp_row = {i: r for r, i in enumerate(want)}
+        now = time.perf_counter()
+        for i, s in enumerate(seqs):
+            tid = sample_next(s.penalize(logits[i]), s.sampling, s.generator)
+            s.tokens.append(tid)
+            s.counts[tid] += 1
+            h = s.handle
+            if h.first_token_at is None:
+                h.first_token_at = now
+            text, reason = s.text.push(tid)
+            if reason is None and len(s.tokens) >= s.budget:
+                rest, reason = s.text.close("length")
+                text += rest
+            entries = None
+            if s.logprobs is not None:
+                entries = []
+                if not (reason == "stop" and tid in s.stop_ids):
+                    entries.append(self._logprob(logp[logp_row[i]], tid, h.params.top_logprobs))  # type: ignore[index]
+                s.logprobs.extend(entries)
+            h._put(Delta(s.index, text, [tid], entries, reason))
+            if reason is None:
+                s.pending = tid
+                continue
+            s.finished = True
+            h._finish_choice(Choice(s.text.full, reason, h.prompt_tokens, len(s.tokens), list(s.tokens),
+                                    index=s.index, logprobs=s.logprobs))
+            if h.done:
+                self.running_requests -= 1
+
+    @staticmethod
+    def _logprob(row: torch.Tensor, token_id: int, top: int) -> TokenLogprob:
+        entry = TokenLogprob(token_id, float(row[token_id]))
+        if top:
+            values, ids = torch.topk(row, min(top, row.numel()))
+            entry.top = [(int(t), float(v)) for t, v in zip(ids.tolist(), values.tolist(), strict=True)]
+        return entry
+
+    def _compact(self) -> None:
+        """Drop finished sequences and move the last live ones into the freed slots (slots stay packed)."""
+        live = [s for s in self._running if not s.finished]
+        if len(live) == len(self._running):
+            return
+        holes = sorted(s.slot for s in self._running if s.finished and s.slot < len(live))
+        movers = [s for s in live if s.slot >= len(live)]
+        for hole, s in zip(holes, movers, strict=True):
+            self.cache.copy(s.slot, hole, s.length)
+            s.slot = hole
+        self._running = sorted(live, key=lambda s: s.slot)
+        self.cache.shrink(self._used())
+
+    def _used(self) -> int:
+        """Positions of the cache that hold data in some slot (staging included)."""
+        used = max((s.length for s in self._running), default=0)
+        return max(used, self._prefill.done if self._prefill else 0)
+
+    def _drop_cancelled(self) -> None:
+        with self._cv:
+            cancelled, self._cancelled = self._cancelled, []
+        if not cancelled:
+            return
+        for h in cancelled:
+            if h.done:  # finished on its own before the cancel was seen
+                continue
+            if self._prefill is not None and self._prefill.handle is h:
+                self._prefill = None
+            seqs = [s for s in self._running if s.handle is h and not s.finished]
+            for s in seqs:
+                s.finished = True
+            self.running_requests -= 1  # only admitted requests reach this list (cancel() ends queued ones)
+            self._end_cancelled(h, seqs)
+        self._compact()
+
+    def _end_cancelled(self, handle: RequestHandle, seqs: list[_Sequence]) -> None:
+        """Close the open choices of a cancelled request with finish reason ``cancelled``."""
+        by_index = {s.index: s for s in seqs}
+        for i, c in enumerate(handle.choices):
+            if c is not None:
+                continue
+            s = by_index.get(i)
+            tokens = list(s.tokens) if s else []
+            text = s.text.full[:s.text.sent] if s else ""
+            handle._put(Delta(i, "", [], None, "cancelled"))
+            handle._finish_choice(Choice(text, "cancelled", handle.prompt_tokens, len(tokens), tokens, index=i,
+                                         logprobs=s.logprobs if s else None))
+
+    def _fail_all(self, error: BaseException) -> None:
+        """End every request in flight with ``error`` and reset the step state."""
+        handles = {s.handle for s in self._running}
+        if self._prefill is not None:
+            handles.add(self._prefill.handle)
+        for h in handles:
+            h._fail(error)
+        self._running, self._prefill = [], None
+        self.running_requests = 0
+        with self._cv:
+            self._cancelled = []
+
+    # --- forward passes (the model's own modules, with this engine's cache)
+
+    def _attention_inputs(self, block: Any, x: torch.Tensor, rows: int, t: int, cos: torch.Tensor,
+                          sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q [rows,t,H,D], k and v [rows,t,K,D] of block's attention, q and k rotated."""
+        a = block.attn
+        h = block.attn_norm(x)
+        q = a.wq(h).view(rows, t, a.n_head, a.hd)
+        k = a.wk(h).view(rows, t, a.n_kv, a.hd)
+        v = a.wv(h).view(rows, t, a.n_kv, a.hd)
+        if a.q_norm is not None:
+            q, k = a.q_norm(q), a.k_norm(k)
+        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
+
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits [..., V] of final hidden states [..., C]."""
+        m = self.model
+        weight = m.lm_head.weight if m.lm_head is not None else m.tok_emb.weight  # [V,C]
+        logits = F.linear(m.norm(x), weight)
+        cap = m.config.logit_softcap
+        return cap * torch.tanh(logits / cap) if cap else logits
+
+    def _forward_prefill(self, ids: list[int], start: int, last: bool) -> torch.Tensor | None:
+        """Feed prompt tokens at positions start.. into the staging slot; logits [V] of the last one if
+        ``last`` (earlier chunks only fill the cache, so the head is skipped)."""
+        m, s = self.model, self.cache.staging
+        T, end = len(ids), start + len(ids)
+        cos, sin = m._rotary(start, T)  # [T, D/2]
+        x = m.tok_emb(torch.tensor([ids], dtype=torch.long, device=self.device))  # [1,T,C]
+        mask, causal = None, True
+        if start > 0:  # query i (position start+i) sees keys 0..start+i
+            causal = False
+            mask = torch.arange(end, device=self.device)[None, :] <= (
+                start + torch.arange(T, device=self.device)[:, None])  # [T,L]
+        for i, block in enumerate(m.blocks):
+            a = block.attn
+            q, k, v = self._attention_inputs(block, x, 1, T, cos, sin)
+            kc, vc = self.cache.k[i], self.cache.v[i]
+            kc[s, :, start:end] = k[0].transpose(0, 1)  # [K,T,D]
+            vc[s, :, start:end] = v[0].transpose(0, 1)
+            y = F.scaled_dot_product_attention(
+                q.transpose(1, 2), kc[s:s + 1, :, :end], vc[s:s + 1, :, :end], attn_mask=mask, is_causal=causal,
+                enable_gqa=a.n_kv != a.n_head)  # [1,H,T,D]
+            x = x + a.wo(y.transpose(1, 2).reshape(1, T, a.n_head * a.hd))
+            x = x + block.mlp(block.mlp_norm(x))
+        if not last:
+            return None
+        return self._head(x[0, -1])  # [V]
+
+    def _forward_decode(self, tokens: list[int], positions: list[int]) -> torch.Tensor:
+        """One token per running sequence (sequence i in slot i, its token at positions[i]); logits [B,V]."""
+        m, B = self.model, len(tokens)
+        L = max(positions) + 1
+        m._rotary(0, L)  # grows the rotary tables if needed
+        pos = torch.tensor(positions, dtype=torch.long, device=self.device)
+        rows = torch.arange(B, device=self.device)
+        cos, sin = m.rope_cos[pos], m.rope_sin[pos]  # [B, D/2]: one position per sequence
+        mask = None  # sequences of one length attend over everything (and match the single-request path)
+        if min(positions) != L - 1:
+            mask = (torch.arange(L, device=self.device)[None, :] <= pos[:, None]).view(B, 1, 1, L)
+        x = m.tok_emb(torch.tensor(tokens, dtype=torch.long, device=self.device)).view(B, 1, -1)  # [B,1,C]
+        for i, block in enumerate(m.blocks):
+            a = block.attn
+            # the B sequences as B time steps of one row: apply_rotary takes one position per time step
+            q, k, v = self._attention_inputs(block, x.view(1, B, -1), 1, B, cos, sin)  # [1,B,H|K,D]
+            kc, vc = self.cache.k[i], self.cache.v[i]
+            kc[rows, :, pos] = k[0]  # [B,K,D] at each sequence's own position
+            vc[rows, :, pos] = v[0]
+            y = F.scaled_dot_product_attention(
+                q.view(B, 1, a.n_head, a.hd).transpose(1, 2), kc[:B, :, :L], vc[:B, :, :L], attn_mask=mask,
+                enable_gqa=a.n_kv != a.n_head)  # [B,H,1,D]
+            x = x + a.wo(y.transpose(1, 2).reshape(B, 1, a.n_head * a.hd))
+            x = x + block.mlp(block.mlp_norm(x))
+        return self._head(x[:, 0])  # [B,V]
+
+
+def generate_batch(model: GPT, tokenizer: Tokenizer, prompts: Sequence[str | Sequence[int]],
+                   params: SamplingParams | GenerationParams | None = None, *, config: EngineConfig | None = None,
+                   truncate: bool = False) -> list[list[Choice]]:
+    """Generate for many prompts with continuous batching and return the choices of each prompt.
+
+    A throw-away :class:`Engine` for library callers (generate, evaluation, a synth teacher); keep an
+    engine around instead when calling repeatedly.
+    """
+    with Engine(model, tokenizer, config) as engine:
+        return engine.generate_batch(prompts, params, truncate)

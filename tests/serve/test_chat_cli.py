@@ -1,0 +1,87 @@
+"""gristmill chat: a real subprocess fed lines on stdin; answers stream, the conversation is kept, /reset
+and unknown commands behave, Ctrl-C stops an answer without ending the session, end of input quits."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from gristmill.formats.chat import encode_chat
+from gristmill.inference.sampling import SamplingParams
+from gristmill.inference.stream import generate
+from gristmill.serve.chat_cli import fit_history
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def chat_process(model_dir: Path, *args: str) -> subprocess.Popen:
+    code = "import sys; from gristmill.serve.chat_cli import main; sys.exit(main(sys.argv[1:]))"
+    return subprocess.Popen([sys.executable, "-c", code, str(model_dir), "--device", "cpu", *args],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def test_piped_conversation_keeps_history_and_resets(tiny_model_dir: Path, loaded):
+    model, tok = loaded
+    proc = chat_process(tiny_model_dir, "--temperature", "0", "--max-tokens", "6")
+    out, err = proc.communicate("Who is Hamlet?\nAnd Ophelia?\n/bogus\n\n/reset\nWho is Hamlet?\n", timeout=120)
+    assert proc.returncode == 0, err
+    answers = [part.split("\nyou> ")[0] for part in out.split("assistant> ")[1:]]  # answer, newline, prompt
+
+    def expected(messages: list[dict[str, str]]) -> str:
+        ids, _ = encode_chat(tok, messages, add_generation_prompt=True)
+        return generate(model, tok, ids, SamplingParams(max_new_tokens=6, temperature=0)).text
+
+    first = expected([{"role": "user", "content": "Who is Hamlet?"}])
+    second = expected([{"role": "user", "content": "Who is Hamlet?"}, {"role": "assistant", "content": first},
+                       {"role": "user", "content": "And Ophelia?"}])
+    assert answers == [first, second, first]
+    assert "unknown command /bogus" in out and "(new conversation)" in out and out.startswith("chatting with")
+
+
+def test_ctrl_c_stops_the_answer_and_the_session_goes_on(endless_dir: Path):
+    proc = chat_process(endless_dir, "--temperature", "0", "--max-tokens", "4000")
+    out: list[str] = []
+    reader = threading.Thread(target=lambda: out.extend(iter(lambda: proc.stdout.read(1), "")), daemon=True)
+    reader.start()
+    try:
+        proc.stdin.write("Tell me everything.\n")
+        proc.stdin.flush()
+        deadline = time.monotonic() + 60
+        while len("".join(out).partition("assistant> ")[2]) < 20:  # the answer is streaming
+            assert time.monotonic() < deadline and proc.poll() is None, "".join(out)
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        while "[stopped]" not in "".join(out) or not "".join(out).endswith("you> "):
+            assert time.monotonic() < deadline and proc.poll() is None, "".join(out)
+            time.sleep(0.02)
+        proc.stdin.write("/exit\n")
+        proc.stdin.flush()
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    reader.join(5)
+    assert "".join(out).count("you> ") == 2
+
+
+def test_old_turns_are_dropped_to_fit_the_context(loaded):
+    _, tok = loaded
+    turns = [{"role": "system", "content": "Be brief."}]
+    for i in range(6):
+        turns += [{"role": "user", "content": f"Question {i} about Hamlet?"},
+                  {"role": "assistant", "content": f"Answer {i}."}]
+    turns.append({"role": "user", "content": "Last one?"})
+    ids, dropped = fit_history(tok, turns, 40)
+    assert len(ids) <= 40 and dropped % 2 == 0 and dropped > 0
+    kept = [turns[0]] + turns[1 + dropped:]
+    assert ids == encode_chat(tok, kept, add_generation_prompt=True)[0]
+    with pytest.raises(Exception, match="shorten it"):
+        fit_history(tok, [{"role": "user", "content": "word " * 100}], 40)
