@@ -5,6 +5,7 @@
     torchrun --nproc_per_node N -m gristmill train RECIPE        the same, on N processes
     gristmill serve RUN_DIR [--port 8000] [--api-key-file F]     OpenAI-compatible server + chat page
     gristmill generate RUN_DIR --prompt TEXT [--chat]            sample from the command line
+    gristmill chat RUN_DIR                                       a conversation in the terminal
     gristmill recipes | gristmill show RECIPE [--set ...]        list / print resolved recipes
 
 User mistakes (bad recipe key, missing input) print one line and exit with code 2.
@@ -137,7 +138,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", help="a run directory (runs/<name>) or a model directory")
-    p.add_argument("--model", choices=("auto", "train", "finetune"),
+    p.add_argument("--model", choices=("auto", "train", "finetune", "base"),
                    help="which model of a run (default: the fine-tuned one if there is one)")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
 
@@ -221,6 +222,23 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print(delta, end="", flush=True)
     print()
     return 0
+
+
+def _chat_args(p: argparse.ArgumentParser) -> None:
+    _model_args(p)
+    p.add_argument("--system", help="a system message that starts the conversation")
+    p.add_argument("--max-tokens", type=int, default=256, help="most tokens per answer")
+    p.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--seed", type=int)
+
+
+@command("chat", "talk with a model in the terminal (/reset, /exit)", _chat_args)
+def cmd_chat(args: argparse.Namespace) -> int:
+    from gristmill.serve.chat_cli import chat
+
+    return chat(Path(args.path), args.device or "auto", args.system, model=args.model or "auto",
+                max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
 
 
 def build_parser() -> argparse.ArgumentParser:

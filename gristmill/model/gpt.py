@@ -16,6 +16,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from gristmill.model.config import ModelConfig
 from gristmill.model.head_loss import head_loss
@@ -178,6 +179,10 @@ class GPT(nn.Module):
         cos, sin = rotary_tables(config.block_size, config.head_dim, config.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
+        self.activation_checkpointing = False
+        """Training only: keep each block's input and recompute the block in backward instead of keeping
+        its activations (~1/30 of the activation memory for a 30-block model, for one more forward pass
+        of the blocks). A training choice, not part of the model's shape: not in config.json."""
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -233,8 +238,12 @@ class GPT(nn.Module):
             cos, sin = self._rotary(0, T)
             cos, sin = cos[pos], sin[pos]  # [B,T,D/2]
         x = self.emb_dropout(self.tok_emb(idx))  # [B,T,C]
+        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled() and cache is None
         for block in self.blocks:
-            x = block(x, cos, sin, cache) if mask is None else block(x, cos, sin, segment_mask=mask)
+            if recompute:
+                x = checkpoint(block, x, cos, sin, None, mask, use_reentrant=False)
+            else:
+                x = block(x, cos, sin, cache) if mask is None else block(x, cos, sin, segment_mask=mask)
         if cache is not None:
             cache.pos += T
         x = self.norm(x)

@@ -19,7 +19,7 @@ from gristmill.errors import InputError
 from gristmill.model.config import ModelConfig
 from gristmill.model.gpt import GPT, unwrap
 
-MODEL_STAGES = ("finetune", "train")
+MODEL_STAGES = ("finetune", "train", "base")
 """Stages whose output holds a model, in the order ``auto`` prefers them."""
 
 
@@ -74,16 +74,16 @@ def is_model_dir(path: Path) -> bool:
 
 
 def resolve_model_dir(path: Path, which: str = "auto") -> Path:
-    """A model directory as given, or the model of a run directory: ``finetune/model`` if it exists (for
-    ``"auto"``), else ``train/model``. ``which`` is ``"auto"``, ``"finetune"`` or ``"train"``."""
+    """A model directory as given, or the model of a run directory: for ``"auto"`` ``finetune/model`` if it
+    exists, else ``train/model``, else the imported ``base/model``; or the stage ``which`` names."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path} does not exist; pass a run directory (runs/<name>) or a model directory")
     if is_model_dir(path):
         return path
-    candidates = {"auto": MODEL_STAGES, "finetune": ("finetune",), "train": ("train",)}
+    candidates = {"auto": MODEL_STAGES, "finetune": ("finetune",), "train": ("train",), "base": ("base",)}
     if which not in candidates:
-        raise InputError(f"model '{which}' is not one of auto, train, finetune")
+        raise InputError(f"model '{which}' is not one of auto, finetune, train, base")
     for stage in candidates[which]:
         if is_model_dir(path / stage / "model"):
             return path / stage / "model"

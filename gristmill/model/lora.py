@@ -87,12 +87,13 @@ class LoRALinear(nn.Module):
         # x [..., I] -> [..., O]. The low-rank path goes through the r-wide bottleneck first (N x r, not
         # N x O x I), and its product is added into the base output in place by one addmm, so the
         # update costs no extra [N,O] buffer. Autograd allows the in-place add: the base matmul's backward
-        # needs its inputs, not its output.
+        # needs its inputs, not its output. Autocast does not cast in-place ops, hence the explicit casts
+        # (no-ops in float32; under bf16 autocast the linears already return bf16).
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)  # [N,I]
         out = F.linear(x2, self.weight, self.bias)  # [N,O]
         xa = F.linear(self.dropout(x2) if self.dropout is not None else x2, self.lora_a)  # [N,r]
-        out = out.addmm_(xa, self.lora_b.t(), alpha=self.scale)  # += xa B^T * scale
+        out = out.addmm_(xa.to(out.dtype), self.lora_b.t().to(out.dtype), alpha=self.scale)  # += xa B^T * scale
         return out.view(*lead, self.out_features)
 
     def merged_weight(self) -> torch.Tensor:

@@ -127,6 +127,8 @@ class Metrics:
         running.set_function(lambda: engine.running_requests)
         waiting = Gauge("gristmill_requests_waiting", "Requests queued for a KV-cache slot", registry=self.registry)
         waiting.set_function(lambda: engine.waiting_requests)
+        cache = Gauge("gristmill_kv_cache_bytes", "Memory held by the KV cache", registry=self.registry)
+        cache.set_function(lambda: engine.cache.nbytes())
         self.ttft = Histogram("gristmill_time_to_first_token_seconds", "From request arrival to its first token",
                               buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
                               registry=self.registry)
@@ -350,7 +352,8 @@ def create_app(model_dir: Path, cfg: ServeConfig | None = None, model_name: str 
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": name, "auth": api_key is not None}
+        return {"status": "ok", "model": name, "auth": api_key is not None,
+                "running": engine.running_requests, "waiting": engine.waiting_requests}
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus() -> Response:

@@ -21,18 +21,18 @@ class ServeConfig(Config):
     and /health requires ``Authorization: Bearer <key>``. Keys are never written into recipes or manifests."""
     api_key_file: str | None = None
     """A file whose first line is the API key (instead of the environment variable)."""
-    model: Literal["auto", "train", "finetune"] = "auto"
+    model: Literal["auto", "train", "finetune", "base"] = "auto"
     """Which model of a run to serve: auto = the fine-tuned one if it exists, else the pre-trained one."""
     max_tokens: int = Field(256, ge=1)
     """Tokens generated when a request does not say (max_tokens); also capped by the context window."""
     device: str = "auto"
     """auto, cpu, cuda or cuda:N."""
-    max_batch: int = Field(16, ge=1)
+    max_batch: int = Field(32, ge=1)
     """Sequences generated together (continuous batching); a request with n choices takes n. Each holds a
     KV cache of up to max_seq_len tokens."""
     max_queue: int = Field(64, ge=1)
     """Requests waiting for a free sequence; one more gets 503 with Retry-After."""
-    prefill_chunk: int = Field(128, ge=1)
+    prefill_chunk: int = Field(64, ge=1)
     """Prompt tokens processed between two decode steps: smaller keeps running streams smoother while a
     long prompt is read, larger reads long prompts faster."""
     max_seq_len: int | None = Field(None, ge=2)

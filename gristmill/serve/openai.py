@@ -40,6 +40,9 @@ class _Sampling(BaseModel):
     stop: str | list[str] | None = None
     stop_token_ids: list[int] | None = None
     """Token ids that also end generation, besides end of text and end of turn (an extension vLLM has too)."""
+    ignore_eos: bool | None = False
+    """Do not stop at end of text or end of turn, only at max_tokens, stop strings and ``stop_token_ids``
+    (vLLM's extension; for benchmarks that need answers of a fixed length)."""
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
@@ -76,7 +79,8 @@ class _Sampling(BaseModel):
         sampling = SamplingParams(max_new_tokens=self.asked_tokens or default_max_tokens,
                                   temperature=1.0 if self.temperature is None else self.temperature,
                                   top_k=self.top_k or None, top_p=self.top_p, stop=stop, seed=self.seed,
-                                  stop_token_ids=(*DEFAULT_STOP_IDS, *(self.stop_token_ids or ())))
+                                  stop_token_ids=(*(() if self.ignore_eos else DEFAULT_STOP_IDS),
+                                                  *(self.stop_token_ids or ())))
         return GenerationParams(sampling, n=self.choices, presence_penalty=self.presence_penalty or 0.0,
                                 frequency_penalty=self.frequency_penalty or 0.0, logprobs=logprobs,
                                 top_logprobs=top)

@@ -2,8 +2,19 @@
 calls. Each module defines ``STAGE``; this list is the one registry (the runner, the CLI, the recipe and
 the report all read it). Adding a stage: write its module, add it here."""
 
-from gristmill.stages import base, collect, evaluate, finetune, prepare, report, synth, tokenize, train
+from gristmill.stages import (
+          base,
+          collect,
+          evaluate,
+          export,
+          finetune,
+          prepare,
+          report,
+          synth,
+          tokenize,
+          train,
+)
 
 STAGES = (collect.STAGE, prepare.STAGE, synth.STAGE, tokenize.STAGE, train.STAGE, evaluate.STAGE,
-          base.STAGE, finetune.STAGE, report.STAGE)
+          base.STAGE, finetune.STAGE, export.STAGE, report.STAGE)
 STAGE_NAMES = tuple(s.name for s in STAGES)

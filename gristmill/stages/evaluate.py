@@ -102,7 +102,7 @@ def summary(manifest: dict[str, Any], run_dir: Any) -> list[str]:
     s = manifest.get("stats") or {}
     if not s.get("capped"):
         return []  # the train stage's line already gives the whole split's numbers
-    return [f"  base model        bits per byte {s['bits_per_byte']:.3f} on the first {s['tokens']:,} "
+    return [f"  pre-trained model bits per byte {s['bits_per_byte']:.3f} on the first {s['tokens']:,} "
             f"validation tokens (evaluate.max_tokens)"]
 
 

@@ -260,7 +260,7 @@ def summary(manifest: dict[str, Any], run_dir: Path) -> list[str]:
     lines = []
     if "lm_val_bpb_after" in s:
         lines.append(f"  fine-tuned model  validation bits per byte {s['lm_val_bpb_after']:.3f} over "
-                     f"{s['lm_val_tokens']:,} tokens (base model {s['lm_val_bpb_before']:.3f} on the same tokens)")
+                     f"{s['lm_val_tokens']:,} tokens ({s['lm_val_bpb_before']:.3f} before fine-tuning, same tokens)")
     if "chat_val_loss_after" in s:
         lines.append(f"  chat loss         {s['chat_val_loss_before']:.3f} -> {s['chat_val_loss_after']:.3f} "
                      f"(nats per assistant token on held-out conversations)")

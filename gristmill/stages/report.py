@@ -115,7 +115,7 @@ def summary(manifest: dict[str, Any], run_dir: Path) -> list[str]:
 STAGE = Stage(
     name="report",
     config=ReportConfig,
-    needs=("collect", "prepare", "synth", "tokenize", "train", "evaluate", "base", "finetune"),
+    needs=("collect", "prepare", "synth", "tokenize", "train", "evaluate", "base", "finetune", "export"),
     partial_inputs=True,
     run=run,
     help="write a Markdown report of the run",

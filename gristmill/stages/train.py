@@ -108,7 +108,7 @@ def summary(manifest: dict[str, Any], run_dir: Path) -> list[str]:
     s = manifest.get("stats") or {}
     lines = []
     if s.get("val_bits_per_byte") is not None:
-        lines.append(f"  base model        validation bits per byte {s['val_bits_per_byte']:.3f} "
+        lines.append(f"  pre-trained model validation bits per byte {s['val_bits_per_byte']:.3f} "
                      f"(loss {s['val_loss']:.3f} over all {s['val_tokens']:,} validation tokens)")
     if s.get("stopped_by") == "time_budget" and s.get("max_steps"):
         lines.append(f"  note: pre-training stopped by train.time_budget after {s['steps']} of {s['max_steps']} "

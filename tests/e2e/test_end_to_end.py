@@ -65,8 +65,8 @@ def test_summary_names_model_report_and_serve_command(quick_run):
     assert ev["bits_per_byte"] == train["val_bits_per_byte"] and ev["tokens"] == train["val_tokens"]
     assert ft["lm_val_tokens"] == train["val_tokens"]
     assert abs(ft["lm_val_bpb_before"] - train["val_bits_per_byte"]) < 1e-4
-    assert f"base model        validation bits per byte {train['val_bits_per_byte']:.3f}" in proc.stdout
-    assert f"(base model {ft['lm_val_bpb_before']:.3f} on the same tokens)" in proc.stdout
+    assert f"pre-trained model validation bits per byte {train['val_bits_per_byte']:.3f}" in proc.stdout
+    assert f"({ft['lm_val_bpb_before']:.3f} before fine-tuning, same tokens)" in proc.stdout
     # fine-tuning's own clock fits inside the stage's wall time
     ft_manifest = json.loads((run_dir / "finetune" / "manifest.json").read_text())
     assert ft["train_seconds"] <= ft_manifest["wall_time_s"]

@@ -315,6 +315,7 @@ def test_metrics_count_requests_tokens_and_first_token_times(base: str, client: 
     assert grew("gristmill_time_to_first_token_seconds_count") == 2
     assert grew("gristmill_time_to_first_token_seconds_sum") > 0
     assert metric(text, "gristmill_requests_running") == 0 and metric(text, "gristmill_requests_waiting") == 0
+    assert metric(text, "gristmill_kv_cache_bytes") > 0
 
 
 def test_with_a_key_only_the_page_and_health_are_open(base: str):

@@ -43,10 +43,12 @@ def test_smollm2_exports_to_transformers_and_llama_cpp(tmp_path: Path) -> None:
     times["import"] = time.perf_counter() - t0
     assert src.dropped_softcap is None and (src.bos_id, src.eos_id, src.pad_id) == (1, 2, 2)
 
+    t0 = time.perf_counter()
     prompt = src.tokenizer.encode(render_chat(MESSAGES, add_generation_prompt=True)).ids
     ours = list(generate_ids(src.model, prompt, SamplingParams(max_new_tokens=NEW, temperature=0,
                                                                stop_token_ids=(src.eos_id,))))
     assert src.tokenizer.decode(ours).strip(), "the model produced no answer"
+    times["gristmill greedy"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     export_hf(src, tmp_path / "hf")
