@@ -28,6 +28,7 @@ $(DEMO_STAMP): $(BIN)/python pyproject.toml constraints.txt
 
 $(TEST_STAMP): $(DEMO_STAMP)
 	$(PIP) -e '.[wiki,serve,tracking,convert,web,parity,test]'
+	command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium)  # the chat page's test
 	touch $(TEST_STAMP)
 
 venv: $(TEST_STAMP)

@@ -153,7 +153,7 @@ def _serve_config(args: argparse.Namespace):
     recorded = Path(args.path) / "recipe.json"
     if recorded.is_file():
         data = dict(read_json(recorded).get("serve") or {})
-    for key in ("host", "port", "api_key_file", "model", "device"):
+    for key in ("host", "port", "api_key_file", "model", "device", "max_batch", "max_queue"):
         if getattr(args, key, None) is not None:
             data[key] = getattr(args, key)
     return validate(ServeConfig, data, "serve options")
@@ -166,6 +166,8 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-key-file", dest="api_key_file",
                    help="require `Authorization: Bearer KEY` on /v1/*, KEY being this file's first line "
                         "(or set GRISTMILL_API_KEY)")
+    p.add_argument("--max-batch", dest="max_batch", type=int, help="most sequences decoded together")
+    p.add_argument("--max-queue", dest="max_queue", type=int, help="most requests waiting; more get 503")
     p.add_argument("--api-key", dest="api_key", help="the key itself (visible to other users in the process "
                                                         "list: prefer --api-key-file or GRISTMILL_API_KEY)")
 
@@ -174,8 +176,8 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     from gristmill.core.extras import check
 
-    check("fastapi", "serve", "gristmill serve")
-    check("uvicorn", "serve", "gristmill serve")
+    for module in ("fastapi", "uvicorn", "prometheus_client"):
+        check(module, "serve", "gristmill serve")
     from gristmill.serve.app import serve
 
     serve(Path(args.path), _serve_config(args), api_key=args.api_key)

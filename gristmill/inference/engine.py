@@ -3,9 +3,10 @@
 Requests wait in a bounded queue. A background thread runs a step loop; each step
 
 1. drops cancelled requests (their KV-cache slots are free for the next step),
-2. admits waiting requests while KV-cache slots are free and feeds their prompts through the model in
-   chunks of at most ``prefill_chunk`` tokens per step (a long prompt is spread over several steps, so
-   it delays the running streams by one chunk per token instead of by the whole prompt), and
+2. feeds prompts through the model, at most ``prefill_chunk`` tokens per step: waiting prompts that fit
+   the step's budget whole are fed together in one forward pass (each attending only to itself), and a
+   longer prompt is spread over several steps in chunks (so it delays the running streams by one chunk
+   per step instead of by the whole prompt), and
 3. runs one decode forward for every running sequence together, each attending over its own length.
 
 Sequences finish on their own (a stop token, a stop string, ``max_new_tokens`` or the context window) and
@@ -14,10 +15,11 @@ or an asyncio queue for a server (:meth:`Engine.submit` with ``loop``).
 
 The KV cache is one preallocated tensor per layer, ``[slots + 1, K, capacity, D]``: slot ``i < B`` holds
 the ``i``-th running sequence (running sequences are kept packed in slots ``0..B-1``, so a decode step
-reads the plain view ``[:B, :, :L]``), and the last slot is the staging area where a prompt is prefilled
-before its cache is copied into the slots of its choices (several choices share one prefill). The
-capacity grows (by doubling) when a sequence needs it and shrinks when long sequences are gone, so memory
-follows the longest running sequence rather than the model's whole context window.
+reads the plain view ``[:B, :, :L]``; a finished sequence's slot is refilled with the last one). A prompt
+fed whole goes straight into the slot of its first choice; a chunked one into the last slot, the staging
+area, until it is complete. Several choices of one prompt share its prefill: its cache is copied into
+their slots. The capacity grows (by doubling) when a sequence needs it and shrinks when long sequences are
+gone, so memory follows the longest running sequence rather than the model's whole context window.
 
 Every choice samples with :func:`~gristmill.inference.sampling.sample_next` and its own generator, and
 decodes through the same stop-string and UTF-8 logic as :class:`~gristmill.inference.stream.TextStream`,
@@ -508,7 +510,38 @@ class Engine:
         :class:`QueueFullError`. The prompt plus at least one token must fit :attr:`context_length`
         (:class:`~gristmill.inference.stream.PromptTooLongError` otherwise).
         """
+        return self.submit_many([prompt_ids], params, loop=loop, wait=wait)[0]
+
+    def submit_many(self, prompts: Sequence[Sequence[int]], params: SamplingParams | GenerationParams | None = None,
+                    *, loop: asyncio.AbstractEventLoop | None = None, wait: bool = False) -> list[RequestHandle]:
+        """Queue several generations at once, all or none (a full queue refuses the lot), so the next step
+        can feed their prompts together; one handle per prompt. Arguments as for :meth:`submit`."""
         gp = params if isinstance(params, GenerationParams) else GenerationParams(params or SamplingParams())
+        handles = [self._handle(p, gp, loop) for p in prompts]
+        queued = [h for h in handles if not h.done]
+        if len(queued) > self.config.max_queue:
+            raise InputError(f"{len(queued)} prompts at once is more than the queue holds "
+                             f"({self.config.max_queue}); submit them in smaller groups")
+        if not queued:
+            return handles
+        self.start()
+        with self._cv:
+            while len(self._waiting) + len(queued) > self.config.max_queue:
+                if not wait:
+                    raise QueueFullError(f"the server is busy ({len(self._waiting)} requests waiting); "
+                                         f"retry in a moment", retry_after=self._retry_after())
+                self._cv.wait()
+                if self._closed:
+                    raise EngineClosedError("the engine was closed while the request waited for room")
+            if self._closed:
+                raise EngineClosedError("the engine is closed; create a new one")
+            self._waiting.extend(queued)
+            self._cv.notify_all()
+        return handles
+
+    def _handle(self, prompt_ids: Sequence[int], gp: GenerationParams,
+                loop: asyncio.AbstractEventLoop | None) -> RequestHandle:
+        """A checked request; one with nothing to generate (``max_new_tokens`` 0) is finished already."""
         ids = [int(i) for i in prompt_ids]
         if not ids:
             raise InputError("the prompt is empty; give at least one token")
@@ -523,25 +556,11 @@ class Engine:
             raise InputError(f"n={gp.n} choices cannot run at once on this engine (max_batch "
                              f"{self.config.max_batch}); ask for at most {self.config.max_batch}")
         handle = RequestHandle(self, ids, gp, loop)
-        if self._budget(handle) <= 0:  # nothing to generate: finished before it starts
+        if self._budget(handle) <= 0:
             for i in range(gp.n):
                 handle._put(Delta(i, "", [], [] if gp.logprobs else None, "length"))
                 handle._finish_choice(Choice("", "length", len(ids), 0, [], index=i,
                                              logprobs=[] if gp.logprobs else None))
-            return handle
-        self.start()
-        with self._cv:
-            while len(self._waiting) >= self.config.max_queue:
-                if not wait:
-                    raise QueueFullError(f"the server is busy ({len(self._waiting)} requests waiting); "
-                                         f"retry in a moment", retry_after=self._retry_after())
-                self._cv.wait()
-                if self._closed:
-                    raise EngineClosedError("the engine was closed while the request waited for room")
-            if self._closed:
-                raise EngineClosedError("the engine is closed; create a new one")
-            self._waiting.append(handle)
-            self._cv.notify_all()
         return handle
 
     def cancel(self, handle: RequestHandle) -> None:
@@ -566,11 +585,12 @@ class Engine:
         Prompts beyond the queue's room wait for it. ``truncate`` keeps the end of a prompt that does not
         fit the context window (else :class:`~gristmill.inference.stream.PromptTooLongError`).
         """
-        handles = []
+        handles: list[RequestHandle] = []
         try:
-            for p in prompts:
-                ids = fit_prompt(encode_prompt(self.tokenizer, p), self.context_length, truncate)
-                handles.append(self.submit(ids, params, wait=True))
+            ids = [fit_prompt(encode_prompt(self.tokenizer, p), self.context_length, truncate) for p in prompts]
+            group = self.config.max_queue
+            for start in range(0, len(ids), group):  # whole groups, so each can be fed together
+                handles += self.submit_many(ids[start:start + group], params, wait=True)
             return [h.result() for h in handles]
         finally:
             for h in handles:
@@ -603,33 +623,48 @@ class Engine:
     def _step(self) -> None:
         self._drop_cancelled()
         budget = self.config.prefill_chunk
-        while budget > 0:
-            job = self._prefill or self._admit()
-            if job is None:
-                break
-            remaining = job.handle.prompt_tokens - job.done
-            # Chunk boundaries stay at multiples of prefill_chunk whatever else runs, so a prompt's prefill
-            # is the same computation alone or in company: a long one waits for a full budget.
-            if remaining > budget and budget < self.config.prefill_chunk:
-                break
-            take = min(remaining, budget)
+        if self._prefill is not None:  # a long prompt under way: its next chunk
+            take = min(self._prefill.handle.prompt_tokens - self._prefill.done, budget)
             budget -= take
-            self._prefill_chunk(job, take)
-            self._drop_cancelled()
+            self._prefill_chunk(self._prefill, take)
+        # Waiting prompts that fit what is left of the budget whole are fed together in one forward pass.
+        # A longer one starts only with a full budget, so its chunk boundaries stay at multiples of
+        # prefill_chunk whatever else runs (the same computation alone or in company).
+        fresh = self._admit(budget)
+        if fresh:
+            self._prefill_packed(fresh)
+        elif self._prefill is None and budget == self.config.prefill_chunk:
+            long = self._admit(None)
+            if long:
+                self._prefill = _Prefill(long[0])
+                self._prefill_chunk(self._prefill, budget)
+        self._drop_cancelled()
         if self._running:
             self._decode_step()
             self._drop_cancelled()
 
-    def _admit(self) -> _Prefill | None:
-        """Start prefilling the first waiting request if its choices fit in the free slots."""
+    def _admit(self, budget: int | None) -> list[RequestHandle]:
+        """Take waiting requests from the head of the queue while their choices fit in the free slots:
+        with a ``budget``, those whose whole prompts fit in it together; without, the head alone."""
+        reserved = len(self._running) + (self._prefill.handle.n if self._prefill else 0)
+        taken: list[RequestHandle] = []
         with self._cv:
-            if not self._waiting or self._waiting[0].n > self.config.max_batch - len(self._running):
-                return None
-            handle = self._waiting.popleft()
-            self._cv.notify_all()  # a submitter blocked on a full queue may go on
-        self.running_requests += 1
-        self._prefill = _Prefill(handle)
-        return self._prefill
+            while self._waiting:
+                h = self._waiting[0]
+                if reserved + h.n > self.config.max_batch:
+                    break
+                if budget is not None:
+                    if h.prompt_tokens > budget:
+                        break
+                    budget -= h.prompt_tokens
+                taken.append(self._waiting.popleft())
+                reserved += h.n
+                if budget is None:
+                    break
+            if taken:
+                self._cv.notify_all()  # a submitter blocked on a full queue may go on
+        self.running_requests += len(taken)
+        return taken
 
     def _prefill_chunk(self, job: _Prefill, take: int) -> None:
         """Feed ``take`` more prompt tokens into the staging slot; after the last, start the choices."""
@@ -641,15 +676,33 @@ class Engine:
         if logits is None:
             return
         self._prefill = None
+        self._start(h, self.cache.staging, logits)
+        self._compact()
+
+    def _prefill_packed(self, handles: list[RequestHandle]) -> None:
+        """Feed whole prompts in one forward pass, each into the slot of its first choice; start them."""
+        slots, slot = [], len(self._running)
+        for h in handles:
+            slots.append(slot)
+            slot += h.n
+        self.cache.ensure(max(h.prompt_tokens for h in handles), self._used())
+        logits = self._forward_packed([h.prompt_ids for h in handles], slots)  # [P,V]
+        for h, first, row in zip(handles, slots, logits, strict=True):
+            self._start(h, first, row)
+        self._compact()  # only now: the slots of prompts not yet started must stay where they are
+
+    def _start(self, h: RequestHandle, source: int, logits: torch.Tensor) -> None:
+        """Give a prefilled request's choices their slots (its prompt's cache is in slot ``source``) and
+        sample their first tokens from ``logits`` [V]."""
         budget = self._budget(h)
         seqs = []
         for i in range(h.n):
             seq = _Sequence(h, i, len(self._running), h.prompt_tokens, budget, self.tokenizer, self.device)
-            self.cache.copy(self.cache.staging, seq.slot, h.prompt_tokens)
+            if seq.slot != source:
+                self.cache.copy(source, seq.slot, h.prompt_tokens)
             self._running.append(seq)
             seqs.append(seq)
-        self._sample(seqs, logits.unsqueeze(0).expand(h.n, -1))
-        self._compact()
+        self._sample(seqs, logits.unsqueeze(0).expand(h.n, -1))  # finished ones leave at the next _compact
 
     def _decode_step(self) -> None:
         seqs = self._running
@@ -811,6 +864,40 @@ class Engine:
         if not last:
             return None
         return self._head(x[0, -1])  # [V]
+
+    def _forward_packed(self, prompts: list[list[int]], slots: list[int]) -> torch.Tensor:
+        """Whole prompts side by side in one sequence, each attending only to itself (a block-diagonal
+        causal mask), their keys and values stored from position 0 of their slots; logits [P,V] of each
+        prompt's last token."""
+        m = self.model
+        lens = [len(p) for p in prompts]
+        T = sum(lens)
+        ids = torch.tensor([t for p in prompts for t in p], dtype=torch.long, device=self.device)
+        m._rotary(0, max(lens))  # grows the rotary tables if needed
+        pos = torch.cat([torch.arange(n, device=self.device) for n in lens])  # [T]
+        cos, sin = m.rope_cos[pos], m.rope_sin[pos]  # [T, D/2]
+        mask, causal = None, True  # one prompt: plain causal attention, as the single-request path
+        if len(prompts) > 1:
+            seg = torch.repeat_interleave(torch.arange(len(lens), device=self.device),
+                                          torch.tensor(lens, device=self.device))
+            mask, causal = (seg[:, None] == seg[None, :]) & (pos[None, :] <= pos[:, None]), False  # [T,T]
+        x = m.tok_emb(ids)[None]  # [1,T,C]
+        for i, block in enumerate(m.blocks):
+            a = block.attn
+            q, k, v = self._attention_inputs(block, x, 1, T, cos, sin)
+            kc, vc = self.cache.k[i], self.cache.v[i]
+            start = 0
+            for n, slot in zip(lens, slots, strict=True):
+                kc[slot, :, :n] = k[0, start:start + n].transpose(0, 1)  # [K,n,D]
+                vc[slot, :, :n] = v[0, start:start + n].transpose(0, 1)
+                start += n
+            y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                               attn_mask=mask, is_causal=causal,
+                                               enable_gqa=a.n_kv != a.n_head)  # [1,H,T,D]
+            x = x + a.wo(y.transpose(1, 2).reshape(1, T, a.n_head * a.hd))
+            x = x + block.mlp(block.mlp_norm(x))
+        last = torch.tensor(lens, device=self.device).cumsum(0) - 1
+        return self._head(x[0, last])  # [P,V]
 
     def _forward_decode(self, tokens: list[int], positions: list[int]) -> torch.Tensor:
         """One token per running sequence (sequence i in slot i, its token at positions[i]); logits [B,V]."""

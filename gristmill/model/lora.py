@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from gristmill.core.workspace import atomic_open, write_json
 from gristmill.errors import InputError
+from gristmill.model.gpt import unwrap
 
 ADAPTER_WEIGHTS = "adapter.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -122,6 +123,7 @@ def apply_lora(model: nn.Module, cfg: LoraSpec) -> list[str]:
     ValueError if LoRA is already applied (adapters on adapters would not merge back to the original
     keys) or if a target name matches no linear layer of the model.
     """
+    model = unwrap(model)
     if lora_layers(model):
         raise ValueError("LoRA is already applied to this model: merge_lora it first, or start from the base model")
     targets = set(cfg.target_modules)
@@ -146,6 +148,7 @@ def merge_lora(model: nn.Module) -> list[str]:
     Afterwards the model is an ordinary one again: its state dict has exactly the base model's keys and
     every parameter is trainable, as in a freshly built model. Returns the merged layer names.
     """
+    model = unwrap(model)
     layers = lora_layers(model)
     for name, lora in layers.items():
         plain = nn.Linear(lora.in_features, lora.out_features, bias=lora.bias is not None,
@@ -164,14 +167,16 @@ def merge_lora(model: nn.Module) -> list[str]:
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The adapter tensors only (``<layer>.lora_a`` [r,I], ``<layer>.lora_b`` [O,r]), detached."""
     return {f"{name}.{k}": getattr(m, k).detach()
-            for name, m in lora_layers(model).items() for k in ("lora_a", "lora_b")}
+            for name, m in lora_layers(unwrap(model)).items() for k in ("lora_a", "lora_b")}
 
 
 def save_adapter(adapter_dir: Path, model: nn.Module, cfg: LoraSpec) -> None:
     """Write ``adapter.safetensors`` (the adapter tensors) and ``adapter_config.json`` (rank, alpha,
-    dropout, target modules and the adapted layers) into ``adapter_dir``, each atomically."""
+    dropout, target modules, the adapted layers and the base model's config, so the adapter is only ever
+    loaded onto the model it was trained on) into ``adapter_dir``, each atomically."""
     from safetensors.torch import save
 
+    model = unwrap(model)
     layers = lora_layers(model)
     if not layers:
         raise ValueError("the model has no LoRA layers to save: apply_lora (and train) before save_adapter")
@@ -183,9 +188,11 @@ def save_adapter(adapter_dir: Path, model: nn.Module, cfg: LoraSpec) -> None:
     tensors = {k: v.to("cpu").contiguous() for k, v in lora_state_dict(model).items()}
     with atomic_open(adapter_dir / ADAPTER_WEIGHTS, "wb") as f:
         f.write(save(tensors, metadata={"format": "pt"}))
+    base = getattr(model, "config", None)
     write_json(adapter_dir / ADAPTER_CONFIG, {
         "rank": cfg.rank, "alpha": cfg.alpha, "dropout": cfg.dropout,
-        "target_modules": list(cfg.target_modules), "layers": list(layers)})
+        "target_modules": list(cfg.target_modules), "layers": list(layers),
+        "base_model_config": base.model_dump(mode="json") if hasattr(base, "model_dump") else None})
 
 
 def read_adapter_config(adapter_dir: Path) -> AdapterSpec:
@@ -208,8 +215,15 @@ def load_adapter(model: nn.Module, adapter_dir: Path) -> list[str]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    model = unwrap(model)
     adapter_dir = Path(adapter_dir)
     spec = read_adapter_config(adapter_dir)
+    saved_base = json.loads((adapter_dir / ADAPTER_CONFIG).read_text(encoding="utf-8")).get("base_model_config")
+    base = getattr(model, "config", None)
+    if saved_base and hasattr(base, "model_dump") and base.model_dump(mode="json") != saved_base:
+        differ = sorted(k for k, v in base.model_dump(mode="json").items() if saved_base.get(k) != v)
+        raise InputError(f"{adapter_dir} was trained on another base model (config differs in {differ}); "
+                         f"load it onto the model it was trained on")
     w_path = adapter_dir / ADAPTER_WEIGHTS
     if not w_path.is_file():
         raise InputError(f"{w_path} is missing: point at a folder written by save_adapter")
@@ -217,22 +231,28 @@ def load_adapter(model: nn.Module, adapter_dir: Path) -> list[str]:
         tensors = load_file(str(w_path), device="cpu")
     except (SafetensorError, OSError, ValueError) as e:
         raise InputError(f"{w_path} is corrupt or truncated ({e}); re-save the adapter") from e
-    if not lora_layers(model):
-        try:
-            apply_lora(model, spec)
-        except ValueError as e:
-            raise InputError(f"{adapter_dir} does not fit this model: {e}") from e
+    # Check every key and shape before touching the model, so a mismatch leaves it as it was.
+    layers = lora_layers(model)
+    if layers:
+        want = {k: tuple(v.shape) for k, v in lora_state_dict(model).items()}
+    else:
+        want = {}
+        for name, m in model.named_modules():
+            if isinstance(m, nn.Linear) and name.rpartition(".")[2] in spec.target_modules:
+                want[f"{name}.lora_a"] = (spec.rank, m.in_features)
+                want[f"{name}.lora_b"] = (m.out_features, spec.rank)
+    if set(tensors) != set(want):
+        odd = sorted(set(tensors) ^ set(want))[:3]
+        raise InputError(f"{w_path} does not match the model's layers (e.g. {odd}); load it onto the base "
+                         f"model it was trained on")
+    for k, v in tensors.items():
+        if tuple(v.shape) != want[k]:
+            raise InputError(f"{w_path}: {k} has shape {tuple(v.shape)}, the model wants {want[k]}; load it "
+                             f"onto the base model it was trained on")
+    if not layers:
+        apply_lora(model, spec)
     params = dict(model.named_parameters())
-    expected = set(lora_state_dict(model))
-    if set(tensors) != expected:
-        odd = sorted(set(tensors) ^ expected)[:3]
-        raise InputError(f"{w_path} does not match the model's LoRA layers (e.g. {odd}); load it into the "
-                         f"base model it was trained on")
     with torch.no_grad():
         for k, v in tensors.items():
-            p = params[k]
-            if p.shape != v.shape:
-                raise InputError(f"{w_path}: {k} has shape {tuple(v.shape)}, the model wants {tuple(p.shape)}; "
-                                 f"load it into the base model it was trained on")
-            p.copy_(v)
+            params[k].copy_(v)
     return list(lora_layers(model))

@@ -22,7 +22,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -101,7 +100,7 @@ def read_api_key(cfg: ServeConfig, key: str | None = None) -> str | None:
 def default_model_name(model_dir: Path) -> str:
     """The run name for ``runs/<name>/<stage>/model``, else the folder's own name."""
     model_dir = Path(model_dir).resolve()
-    if model_dir.name == "model" and model_dir.parent.name in ("train", "finetune"):
+    if model_dir.name == "model" and model_dir.parent.name in ("train", "finetune", "base"):
         return model_dir.parent.parent.name
     return model_dir.name
 
@@ -311,12 +310,11 @@ def create_app(model_dir: Path, cfg: ServeConfig | None = None, model_name: str 
                                 f"(GET /v1/models)", code="model_not_found", param="model")
 
     def submit(prompts: list[list[int]], params: GenerationParams, asked: int | None) -> list[RequestHandle]:
-        """Submit one request per prompt (each with ``params.n`` choices) to the engine.
+        """Submit one request per prompt (each with ``params.n`` choices) to the engine, all or none.
 
         ``asked``: the ``max_tokens`` the client set; prompt plus that must fit the context window. Without
-        it, the default is cut to the room left."""
+        it, the default is cut to the room left (the engine does that)."""
         context = engine.context_length
-        per_prompt = []
         for ids in prompts:
             if len(ids) >= context:
                 raise PromptTooLongError(f"the prompt is {len(ids)} tokens but the model's context window is "
@@ -326,18 +324,7 @@ def create_app(model_dir: Path, cfg: ServeConfig | None = None, model_name: str 
                 raise PromptTooLongError(
                     f"this model's context window is {context} tokens; the prompt has {len(ids)} and "
                     f"max_tokens asks for {asked} more: ask for at most {room}")
-            sampling = replace(params.sampling, max_new_tokens=min(params.sampling.max_new_tokens, room))
-            per_prompt.append(replace(params, sampling=sampling))
-        loop = asyncio.get_running_loop()
-        handles: list[RequestHandle] = []
-        try:
-            for ids, p in zip(prompts, per_prompt, strict=True):
-                handles.append(engine.submit(ids, p, loop=loop))
-        except BaseException:
-            for h in handles:
-                h.cancel()
-            raise
-        return handles
+        return engine.submit_many(prompts, params, loop=asyncio.get_running_loop())
 
     static = resources.files("gristmill.serve") / "static"
     app.mount("/static", StaticFiles(directory=str(static)), name="static")

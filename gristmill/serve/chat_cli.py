@@ -135,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m gristmill.serve.chat_cli RUN_OR_MODEL [--system TEXT] ...``: one line per error, exit 2."""
     p = argparse.ArgumentParser(prog="gristmill chat", description="talk with a model in the terminal")
     p.add_argument("path", help="a run directory (runs/<name>) or a model directory")
-    p.add_argument("--model", choices=("auto", "train", "finetune"), default="auto",
+    p.add_argument("--model", choices=("auto", "train", "finetune", "base"), default="auto",
                    help="which model of a run (default: the fine-tuned one if there is one)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--system", help="a system message that starts the conversation")

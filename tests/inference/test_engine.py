@@ -79,6 +79,25 @@ def test_greedy_equals_the_single_request_path_alone_and_in_a_batch(loaded):
         assert b.prompt_tokens == e.prompt_tokens and b.completion_tokens == 40
 
 
+def test_prompts_fed_together_match_the_single_request_path(loaded):
+    model, tok = loaded
+    # submitted together, the prompts are fed in one forward pass (each attending only to itself); the
+    # first request stops at its very first token, so its slot is freed while the others start
+    first = generate(model, tok, PROMPTS[0], SamplingParams(max_new_tokens=1, temperature=0)).token_ids[0]
+    params = SamplingParams(max_new_tokens=20, temperature=0, stop_token_ids=(first,))
+    expected = [generate(model, tok, p, params) for p in PROMPTS]
+    with Engine(model, tok, EngineConfig(max_batch=2 * len(PROMPTS), prefill_chunk=128)) as engine:
+        handles = engine.submit_many([ids(tok, p) for p in PROMPTS], GenerationParams(params, n=2))
+        results = [h.result() for h in handles]
+        # one step fed every prompt and sampled their first tokens; decoding then ran them side by side
+        assert engine.steps == max(len(e.token_ids) for e in expected) - 1
+    assert results[0][0].token_ids == [first] and results[0][0].finish_reason == "stop"
+    for e, r in zip(expected, results, strict=True):
+        assert [c.token_ids for c in r] == [e.token_ids] * 2 and [c.text for c in r] == [e.text] * 2
+    with Engine(model, tok, EngineConfig(max_queue=3)) as engine, pytest.raises(InputError, match="smaller groups"):
+        engine.submit_many([[5]] * 4)
+
+
 def test_sampled_text_stop_strings_and_seeds_match_the_single_request_path(loaded):
     model, tok = loaded
     params = SamplingParams(max_new_tokens=30, temperature=1.0, top_p=0.9, top_k=50, seed=5, stop=["\n\n", "th"])

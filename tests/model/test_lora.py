@@ -119,9 +119,15 @@ def test_adapter_save_load_round_trip(tmp_path: Path):
     names = load_adapter(fresh, tmp_path / "adapter")
     assert names == ["blocks.0.attn.wk", "blocks.0.mlp.w_gate", "blocks.1.attn.wk", "blocks.1.mlp.w_gate"]
     assert torch.equal(fresh(x)[0], model(x)[0])
-    # a base model with another shape is refused with a sentence, not a traceback
-    with pytest.raises(InputError, match="shape"):
+    # another base model is refused with a sentence, not a traceback: by its config, else by the shapes
+    with pytest.raises(InputError, match=r"trained on another base model \(config differs in \['n_embd'\]\)"):
         load_adapter(tiny(n_embd=48), tmp_path / "adapter")
+    meta = json.loads((tmp_path / "adapter" / ADAPTER_CONFIG).read_text())
+    (tmp_path / "adapter" / ADAPTER_CONFIG).write_text(json.dumps({**meta, "base_model_config": None}))
+    other = tiny(n_embd=48)
+    with pytest.raises(InputError, match="has shape"):
+        load_adapter(other, tmp_path / "adapter")
+    assert not lora_layers(other)  # refused before anything changed
     (tmp_path / "adapter" / ADAPTER_WEIGHTS).unlink()
     with pytest.raises(InputError, match="adapter.safetensors is missing"):
         load_adapter(tiny(), tmp_path / "adapter")
