@@ -179,11 +179,11 @@ class GPT(nn.Module):
         cos, sin = rotary_tables(config.block_size, config.head_dim, config.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
-        self.activation_checkpointing = False
-        """Training only: keep each block's input and recompute the block in backward instead of keeping
-        all its activations: one more forward pass of the blocks for a fraction of the memory (LoRA on
-        SmolLM2-135M, batch 8 x 256: peak 4.4 -> 2.4 GB, ~35% slower; benchmarks/lora_smollm2.py). A
-        training choice, not part of the model's shape, so not in config.json."""
+        self.checkpoint_blocks = 0
+        """Activation checkpointing, training only: this many blocks (from the first) keep just their input
+        and recompute their activations in backward, trading one more forward pass of each for most of its
+        activation memory (LoRA on SmolLM2-135M, batch 8 x 256, all 30 blocks: peak 4.4 -> 2.4 GB, ~28%
+        slower; benchmarks/lora_smollm2.py). A training choice, not the model's shape: not in config.json."""
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -239,9 +239,9 @@ class GPT(nn.Module):
             cos, sin = self._rotary(0, T)
             cos, sin = cos[pos], sin[pos]  # [B,T,D/2]
         x = self.emb_dropout(self.tok_emb(idx))  # [B,T,C]
-        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled() and cache is None
-        for block in self.blocks:
-            if recompute:
+        recompute = self.checkpoint_blocks if self.training and torch.is_grad_enabled() and cache is None else 0
+        for i, block in enumerate(self.blocks):
+            if i < recompute:
                 x = checkpoint(block, x, cos, sin, None, mask, use_reentrant=False)
             else:
                 x = block(x, cos, sin, cache) if mask is None else block(x, cos, sin, segment_mask=mask)
