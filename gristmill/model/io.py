@@ -1,6 +1,11 @@
 """The model directory: ``model.safetensors`` (weights), ``config.json`` (the ``ModelConfig`` fields) and
 ``tokenizer.json``: self-contained, what evaluate, finetune, generate and serve load.
 
+A LoRA fine-tune saved without merging is an *adapter* model directory instead: ``adapter.safetensors``
+and ``adapter_config.json`` (:mod:`gristmill.model.lora`), ``tokenizer.json``, and ``base_model.json``
+naming the base model directory (relative to it). ``load_model`` reads the base, applies the adapter and,
+unless told not to, merges it (the merged model runs as fast as the base).
+
 Inside a run (``runs/<name>/<stage>/model``) the files are checked against the sha256 the stage's
 manifest recorded before they are used, so a corrupted model is refused rather than served.
 """
@@ -19,6 +24,8 @@ from gristmill.errors import InputError
 from gristmill.model.config import ModelConfig
 from gristmill.model.gpt import GPT, unwrap
 
+BASE_POINTER = "base_model.json"
+"""In an adapter model directory: ``{"path": <base model directory, relative to this one>}``."""
 MODEL_STAGES = ("finetune", "train", "base")
 """Stages whose output holds a model, in the order ``auto`` prefers them."""
 
@@ -41,12 +48,55 @@ def save_model(model_dir: Path, model: nn.Module, tokenizer_path: Path | None) -
                 shutil.copyfileobj(g, f)
 
 
-def load_model(model_dir: Path, device: str | torch.device = "cpu") -> GPT:
-    """Read a model directory written by ``save_model``; InputError if it is missing or unreadable."""
+def save_adapter_model(model_dir: Path, model: nn.Module, lora_cfg, base_dir: Path,
+                       tokenizer_path: Path | None) -> None:
+    """Write an adapter model directory: the adapters of ``model`` (LoRA applied), a pointer to the base
+    model directory they were trained on, and a copy of the tokenizer."""
+    import os
+
+    from gristmill.model.lora import save_adapter
+
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    save_adapter(model_dir, model, lora_cfg)
+    write_json(model_dir / BASE_POINTER, {"path": os.path.relpath(Path(base_dir).resolve(), model_dir.resolve())})
+    if tokenizer_path is not None:
+        with atomic_open(model_dir / "tokenizer.json", "wb") as f, open(tokenizer_path, "rb") as g:
+            shutil.copyfileobj(g, f)
+
+
+def adapter_base(model_dir: Path) -> Path | None:
+    """The base model directory of an adapter model directory (None for an ordinary one)."""
+    pointer = Path(model_dir) / BASE_POINTER
+    if not pointer.is_file():
+        return None
+    try:
+        rel = json.loads(pointer.read_text(encoding="utf-8"))["path"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise InputError(f"{pointer} is not valid ({e}); re-run the stage that wrote it") from e
+    return (Path(model_dir) / rel).resolve()
+
+
+def load_model(model_dir: Path, device: str | torch.device = "cpu", *, merge: bool = True) -> GPT:
+    """Read a model directory written by ``save_model`` (or an adapter directory: base + adapter, merged
+    unless ``merge`` is False); InputError if it is missing or unreadable."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     model_dir = Path(model_dir)
+    base = adapter_base(model_dir)
+    if base is not None:
+        from gristmill.model.lora import load_adapter, merge_lora
+
+        if not base.is_dir():
+            raise InputError(f"{model_dir} is a LoRA adapter for {base}, which is missing; re-run the stage "
+                             f"that wrote the base model, or load the adapter onto it with --base")
+        verify_model_files(model_dir)
+        model = load_model(base, "cpu")
+        load_adapter(model, model_dir)
+        if merge:
+            merge_lora(model)
+        return model.to(device).eval()
     cfg_path, w_path = model_dir / "config.json", model_dir / "model.safetensors"
     for p in (cfg_path, w_path):
         if not p.is_file():
@@ -70,7 +120,10 @@ def load_model(model_dir: Path, device: str | torch.device = "cpu") -> GPT:
 
 
 def is_model_dir(path: Path) -> bool:
-    return (Path(path) / "config.json").is_file() and (Path(path) / "model.safetensors").is_file()
+    """A model directory: weights and config, or an adapter with its base pointer."""
+    path = Path(path)
+    return ((path / "config.json").is_file() and (path / "model.safetensors").is_file()) or (
+        (path / "adapter_config.json").is_file() and (path / BASE_POINTER).is_file())
 
 
 def resolve_model_dir(path: Path, which: str = "auto") -> Path:
@@ -92,10 +145,11 @@ def resolve_model_dir(path: Path, which: str = "auto") -> Path:
                      f"recipe first, or pass a model directory")
 
 
-def load_for_inference(model_dir: Path, device: str | torch.device = "cpu"):
-    """The model (in eval mode, on ``device``) and tokenizer of a model directory."""
+def load_for_inference(model_dir: Path, device: str | torch.device = "cpu", *, merge: bool = True):
+    """The model (in eval mode, on ``device``) and tokenizer of a model directory (an adapter directory's
+    adapter merged unless ``merge`` is False)."""
     from gristmill.tokenizer.bpe import load_tokenizer
 
     model_dir = Path(model_dir)
-    model = load_model(model_dir, device)
+    model = load_model(model_dir, device, merge=merge)
     return model.eval(), load_tokenizer(model_dir)

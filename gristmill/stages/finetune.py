@@ -1,17 +1,22 @@
-"""finetune: supervised fine-tuning of the pre-trained model on the synthetic chat data.
+"""finetune: supervised fine-tuning of a model (this run's pre-trained one, or the imported base) on chat data.
 
-Reads ``train/model/`` (the base model dir), ``synth/{train,val}.jsonl`` and ``tokenize/{val.bin,
-meta.json}``; writes ``model/`` (a model dir), ``checkpoints/``, ``metrics.jsonl`` and ``eval.json``.
+Reads ``<start_from>/model/``, the chat data (``synth/{train,val}.jsonl`` and/or the user's ``chat_files``)
+and validation text for the LM metrics (tokenize's ``val.bin``, or prepare's ``val.jsonl`` for an imported
+model); writes ``model/`` (a model dir), ``checkpoints/``, ``metrics.jsonl``, ``eval.json``, and with
+``chat_files`` ``quarantine.jsonl`` (the records that could not be used, with the reason).
 
-Each conversation is rendered with the ChatML template and becomes one row of a batch, padded with
-``<|pad|>`` (:mod:`gristmill.train.sft`): the loss is on assistant tokens only. The loop is the one
-pre-training uses (:func:`gristmill.train.loop.fit`), so resume, checkpoints, the schedule, the time budget
-and tracking behave the same.
+Each conversation is rendered with the chat template (loss on assistant tokens only,
+:mod:`gristmill.train.sft`) and becomes one padded row of a batch, or with ``packing`` shares rows of
+``seq_len`` tokens with others (no attention across them). With ``lora.enabled`` only low-rank adapters
+train (:mod:`gristmill.model.lora`): checkpoints hold the adapters alone, ``adapter/`` keeps them after the
+run, and ``model/`` is the base with them merged in (or, with ``lora.merge: false``, the adapter plus a
+pointer to the base, merged when loaded). The loop is the one pre-training uses
+(:func:`gristmill.train.loop.fit`), so resume, checkpoints, the schedule, the time budget and tracking
+behave the same.
 
-``eval.json`` compares the model before and after: the chat loss on synth's val conversations
-(assistant tokens, nats per token) and the language-model bits per byte on tokenize's validation text,
-computed with the same function and over the same tokens as the base model's figure (the whole split
-unless ``lm_eval_tokens`` says otherwise), so the numbers compare directly.
+``eval.json`` compares the model before and after: the chat loss on the val conversations (assistant
+tokens, nats per token) and the language-model bits per byte on validation text, computed with the same
+function and over the same tokens before and after, so the numbers compare directly.
 """
 
 from __future__ import annotations
@@ -68,42 +73,93 @@ def _rounded(d: dict[str, Any] | None) -> dict[str, Any] | None:
     return None if d is None else {k: round(v, 5) if isinstance(v, float) else v for k, v in d.items()}
 
 
+def chat_paths(cfg: FinetuneConfig) -> list[Path]:
+    """The user's chat files the config names (``chat_files``), each location expanded."""
+    from gristmill.core.paths import expand
+
+    return [f for loc in cfg.chat_files for f in expand(loc)]
+
+
+def _chat_data(ctx: StageContext, cfg: FinetuneConfig, tokenizer: Any, seq_len: int
+               ) -> tuple[Any, Any, dict[str, Any]]:
+    """Train and val examples from synth's conversations and/or the user's chat files, and their counts."""
+    from gristmill.core.jsonl import QuarantineWriter
+    from gristmill.core.workspace import atomic_open
+    from gristmill.train.sft import encode_examples, read_chat_records, read_user_chats
+
+    train, val, counts = [], [], {}
+    if cfg.synthetic:
+        synth_dir = ctx.input_dir("synth")
+        train += list(read_chat_records(synth_dir / "train.jsonl"))
+        val += list(read_chat_records(synth_dir / "val.jsonl"))
+        counts["synthetic"] = {"train": len(train), "val": len(val)}
+    if cfg.chat_files:
+        with atomic_open(ctx.out_dir / "quarantine.jsonl", "w", encoding="utf-8") as f:
+            user = read_user_chats(chat_paths(cfg), cfg.chat_val_fraction, QuarantineWriter(f))
+        if not user.train and not user.val:
+            raise InputError(f"finetune.chat_files hold no usable conversation ({user.quarantined} quarantined, "
+                             f"reasons in {ctx.out_dir / 'quarantine.jsonl'})")
+        if not user.val and not val and len(user.train) > 1:
+            user.val.append(user.train.pop())  # something to measure the chat loss on
+        train += user.train
+        val += user.val
+        counts["chat_files"] = {"files": user.files, "train": len(user.train), "val": len(user.val),
+                                "quarantined": user.quarantined}
+    train_ex, val_ex = encode_examples(tokenizer, train, seq_len), encode_examples(tokenizer, val, seq_len)
+    if len(val_ex) == 0:
+        raise InputError("no validation conversations to measure fine-tuning: synth needs validation documents "
+                         "(prepare's val split), or give chat_files with finetune.chat_val_fraction > 0")
+    return train_ex, val_ex, counts
+
+
 def run(ctx: StageContext, cfg: FinetuneConfig) -> dict[str, Any]:
-    """Fine-tune ``train/model`` on ``synth/train.jsonl``; write the model, metrics and before/after eval."""
+    """Fine-tune the base model (all weights, or LoRA adapters) on the chat data; write the model, metrics
+    and the before/after evaluation."""
     from gristmill.eval.lm import evaluate_lm, lm_metrics
     from gristmill.eval.samples import chat_answers
-    from gristmill.model.io import load_model, save_model
+    from gristmill.model.io import load_model, save_adapter_model, save_model
+    from gristmill.model.lora import apply_lora, merge_lora, save_adapter
     from gristmill.runtime import setup_runtime
     from gristmill.tokenizer.bpe import load_tokenizer
-    from gristmill.train.batches import ChatBatches, ChatEvalData
+    from gristmill.train.batches import ChatBatches, ChatEvalData, PackedChatBatches
     from gristmill.train.loop import evaluate, fit
-    from gristmill.train.sft import encode_examples, read_chat_records
+    from gristmill.train.sft import pack_examples
 
     t_start = time.monotonic()
     base_dir = ctx.input_dir(cfg.start_from) / "model"
-    synth_dir = ctx.input_dir("synth")
     rt = setup_runtime(cfg.device, cfg.compile, cfg.threads, ctx.seed)
     main = rt.dist.is_main
     model = load_model(base_dir, rt.device)
     tokenizer = load_tokenizer(base_dir)
-    block = model.config.block_size
-    width = block if rt.compile else None  # a compiled model wants one shape
+    seq_len = min(cfg.seq_len or min(model.config.block_size, 1024), model.config.block_size)
+    lora = None
+    if cfg.lora.enabled:
+        layers = apply_lora(model, cfg.lora)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        lora = {"rank": cfg.lora.rank, "alpha": cfg.lora.alpha, "layers": len(layers),
+                "trainable_parameters": trainable, "merged": cfg.lora.merge}
+        if main:
+            ctx.log(f"[finetune] LoRA rank {cfg.lora.rank} on {len(layers)} layers: {trainable:,} trainable of "
+                    f"{sum(p.numel() for p in model.parameters()):,} parameters")
+    width = seq_len if rt.compile else None  # a compiled model wants one shape
 
-    train_ex = encode_examples(tokenizer, read_chat_records(synth_dir / "train.jsonl"), block)
-    val_ex = encode_examples(tokenizer, read_chat_records(synth_dir / "val.jsonl"), block)
-    if len(val_ex) == 0:
-        raise InputError(
-            f"{synth_dir / 'val.jsonl'} has no usable conversations: synth needs validation "
-            f"documents (prepare's val split) to measure fine-tuning"
-        )
-    train_data = ChatBatches(train_ex, cfg.batch_size, ctx.seed, rt.dist.rank, rt.dist.world_size, width)
+    train_ex, val_ex, data_counts = _chat_data(ctx, cfg, tokenizer, seq_len)
+    packed = None
+    if cfg.packing:
+        packed = pack_examples(train_ex, seq_len)
+        train_data = PackedChatBatches(packed, cfg.batch_size, ctx.seed, rt.dist.rank, rt.dist.world_size)
+        tokens_per_step = round(cfg.batch_size * packed.tokens / max(len(packed), 1))
+    else:
+        train_data = ChatBatches(train_ex, cfg.batch_size, ctx.seed, rt.dist.rank, rt.dist.world_size, width)
+        tokens_per_step = round(cfg.batch_size * sum(len(i) - 1 for i in train_ex.ids) / len(train_ex))
     val_data = ChatEvalData(val_ex, cfg.eval_batch_size, rt.dist.rank, rt.dist.world_size, width)
     if main:
         ctx.log(
             f"[finetune] {len(train_ex)} train / {len(val_ex)} val conversations "
-            f"({train_ex.truncated} + {val_ex.truncated} cut to {block} tokens, "
-            f"{train_ex.dropped + val_ex.dropped} dropped); base model {base_dir}"
-        )
+            f"({train_ex.truncated} + {val_ex.truncated} cut to {seq_len} tokens, "
+            f"{train_ex.dropped + val_ex.dropped} dropped"
+            + (f"; packed into {len(packed)} rows, {packed.fill:.0%} full" if packed is not None else "")
+            + f"); base model {base_dir}")
 
     lm_on = cfg.lm_eval_tokens != 0
     lm_tokens, lm_bytes, eot = _lm_tokens(ctx, cfg, tokenizer) if lm_on else (None, 0, 0)
@@ -138,14 +194,20 @@ def run(ctx: StageContext, cfg: FinetuneConfig) -> dict[str, Any]:
     # much earlier (fit already reserves time for its own final chat evaluation and checkpoint).
     lm_reserve = before["lm_seconds"] if before["lm"] is not None else 0.0
 
-    mean_len = sum(len(i) - 1 for i in train_ex.ids) / len(train_ex)  # tokens per row before padding
     res = fit(model, cfg, rt, train_data, val_data, ctx.out_dir, ctx.fingerprint, log=ctx.log,
-              tokens_per_step=round(cfg.batch_size * mean_len), start_time=t_start - lm_reserve,
+              tokens_per_step=tokens_per_step, start_time=t_start - lm_reserve,
               run_name=f"{ctx.run_dir.name}-finetune", params=cfg.model_dump(mode="json"), key_prefix="finetune")
 
     if not main:
         return {}
-    save_model(ctx.out_dir / "model", res.model, base_dir / "tokenizer.json")
+    if lora is None:
+        save_model(ctx.out_dir / "model", res.model, base_dir / "tokenizer.json")
+    elif cfg.lora.merge:
+        save_adapter(ctx.out_dir / "adapter", res.model, cfg.lora)  # the adapter alone, a few MB
+        merge_lora(res.model)
+        save_model(ctx.out_dir / "model", res.model, base_dir / "tokenizer.json")
+    else:  # model/ is the adapter plus a pointer to the base: load_model merges them on load
+        save_adapter_model(ctx.out_dir / "model", res.model, cfg.lora, base_dir, base_dir / "tokenizer.json")
     if lm_on:
         ctx.log(f"[finetune] scoring the fine-tuned model on {len(lm_tokens):,} validation text tokens")
     after_lm = lm_eval(res.model)
@@ -175,6 +237,10 @@ def run(ctx: StageContext, cfg: FinetuneConfig) -> dict[str, Any]:
         "stopped_by": st.stopped_by,
         "resumed_from_step": res.resumed_from,
         "train_examples": len(train_ex),
+        "data": data_counts,
+        "lora": lora,
+        "packing": None if packed is None else {"rows": len(packed), "fill": round(packed.fill, 4),
+                                                "seq_len": seq_len},
         "val_examples": len(val_ex),
         "truncated": train_ex.truncated + val_ex.truncated,
         "dropped": train_ex.dropped + val_ex.dropped,
@@ -196,9 +262,9 @@ def check_config(cfg: FinetuneConfig, recipe: Any) -> None:
 
 
 def reads(cfg: FinetuneConfig) -> tuple[str, ...]:
-    if cfg.start_from == "base":
-        return ("base", "synth", "prepare")
-    return ("train", "synth", "tokenize")
+    synth = ("synth",) if cfg.synthetic else ()
+    lm = ("prepare",) if cfg.start_from == "base" else ("tokenize",)
+    return (cfg.start_from, *synth, *(lm if cfg.lm_eval_tokens != 0 else ()))
 
 
 def report(rc: ReportContext) -> str:
@@ -280,6 +346,7 @@ STAGE = Stage(
     resumable=True,
     distributed=True,
     check=check_config,
+    external_inputs=chat_paths,
     report=report,
     summary=summary,
 )

@@ -149,6 +149,38 @@ class TrainConfig(LoopConfig):
     """Write a resumable checkpoint every this many steps (0 = only at the end)."""
 
 
+LORA_TARGETS: tuple[str, ...] = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
+"""The model's linear layers LoRA can adapt: the attention projections and the SwiGLU MLP's three."""
+
+
+class LoraConfig(Config):
+    """Low-rank adapters (LoRA) on the model's linear layers; the base weights stay frozen."""
+
+    enabled: bool = False
+    """Fine-tune low-rank adapters instead of every weight (far fewer trainable parameters and less
+    optimiser memory)."""
+    rank: int = Field(16, ge=1, le=1024)
+    """Rank r of each adapter: A is [r, in], B is [out, r]; higher = more capacity, more parameters."""
+    alpha: float = Field(32.0, gt=0, le=4096)
+    """The update is scaled by alpha / rank, so the step size stays comparable when the rank changes."""
+    dropout: float = Field(0.0, ge=0, lt=1)
+    """Dropout on the adapters' input (the frozen base path sees the input unchanged)."""
+    target_modules: list[str] = Field(default_factory=lambda: list(LORA_TARGETS), min_length=1, max_length=7)
+    """Names of the linear layers to adapt in every block: any of wq, wk, wv, wo, w_gate, w_up, w_down."""
+    merge: bool = True
+    """When saving, fold the adapters into the base weights and write an ordinary model directory (False:
+    save the adapters on their own, beside the base model they need)."""
+
+    @model_validator(mode="after")
+    def _check_targets(self) -> LoraConfig:
+        unknown = [t for t in self.target_modules if t not in LORA_TARGETS]
+        if unknown:
+            raise ValueError(f"unknown target_modules {unknown}; use any of {', '.join(LORA_TARGETS)}")
+        if len(set(self.target_modules)) != len(self.target_modules):
+            raise ValueError(f"target_modules {self.target_modules} names a layer twice; list each once")
+        return self
+
+
 class FinetuneConfig(LoopConfig):
     """Supervised fine-tuning: the pre-training loop's keys, with defaults for a short, gentle run."""
 
@@ -181,35 +213,36 @@ class FinetuneConfig(LoopConfig):
     lm_eval_tokens: int | None = Field(None, ge=0)
     """Tokens of tokenize's val.bin for the language-model bits per byte before and after fine-tuning
     (None = the same tokens the evaluate stage scores, so the numbers compare; 0 = skip)."""
-
-
-LORA_TARGETS: tuple[str, ...] = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
-"""The model's linear layers LoRA can adapt: the attention projections and the SwiGLU MLP's three."""
-
-
-class LoraConfig(Config):
-    """Low-rank adapters (LoRA) on the model's linear layers; the base weights stay frozen."""
-
-    enabled: bool = False
-    """Fine-tune low-rank adapters instead of every weight (far fewer trainable parameters and less
-    optimiser memory)."""
-    rank: int = Field(16, ge=1, le=1024)
-    """Rank r of each adapter: A is [r, in], B is [out, r]; higher = more capacity, more parameters."""
-    alpha: float = Field(32.0, gt=0, le=4096)
-    """The update is scaled by alpha / rank, so the step size stays comparable when the rank changes."""
-    dropout: float = Field(0.0, ge=0, lt=1)
-    """Dropout on the adapters' input (the frozen base path sees the input unchanged)."""
-    target_modules: list[str] = Field(default_factory=lambda: list(LORA_TARGETS), min_length=1, max_length=7)
-    """Names of the linear layers to adapt in every block: any of wq, wk, wv, wo, w_gate, w_up, w_down."""
-    merge: bool = True
-    """When saving, fold the adapters into the base weights and write an ordinary model directory (False:
-    save the adapters on their own, beside the base model they need)."""
+    lora: LoraConfig = LoraConfig()
+    """Low-rank adapters instead of full fine-tuning (``lora.enabled: true``); AdamW only."""
+    synthetic: bool = True
+    """Fine-tune on the synth stage's conversations (``synth/train.jsonl``; its ``val.jsonl`` measures the
+    chat loss). False: only the ``chat_files``."""
+    chat_files: list[str] = []
+    """Your own chat data: JSONL files (paths, globs or ``pkg://``) of OpenAI-style records
+    ``{"messages": [{"role": "system"|"user"|"assistant", "content": ...}, ...]}``, fine-tuned on alone
+    (``synthetic: false``) or mixed with the synthetic conversations. A malformed record is counted and
+    quarantined (``finetune/quarantine.jsonl``), not fatal."""
+    chat_val_fraction: float = Field(0.1, ge=0, lt=1)
+    """Share of the ``chat_files`` conversations held out for the chat loss, chosen by a hash of the
+    conversation (stable across runs and file order)."""
+    seq_len: int | None = Field(None, ge=8)
+    """Longest conversation in tokens (longer ones are cut); with ``packing``, the width of a packed row.
+    None = the model's context (``block_size``), capped at 1024."""
+    packing: bool = False
+    """Pack several conversations into each row of ``seq_len`` tokens (positions restart and attention
+    stays within each conversation, so each scores as if alone): fewer padding tokens, fewer steps per
+    epoch. A step then holds ``batch_size`` rows, not conversations."""
 
     @model_validator(mode="after")
-    def _check_targets(self) -> LoraConfig:
-        unknown = [t for t in self.target_modules if t not in LORA_TARGETS]
-        if unknown:
-            raise ValueError(f"unknown target_modules {unknown}; use any of {', '.join(LORA_TARGETS)}")
-        if len(set(self.target_modules)) != len(self.target_modules):
-            raise ValueError(f"target_modules {self.target_modules} names a layer twice; list each once")
+    def _check_lora(self) -> FinetuneConfig:
+        if self.lora.enabled and self.optimizer != "adamw":
+            raise ValueError("lora.enabled needs optimizer: adamw (Muon orthogonalises whole matrices, "
+                             "not low-rank adapters)")
+        if self.lora.enabled and self.distributed == "fsdp":
+            raise ValueError("lora.enabled with distributed: fsdp is not supported; use distributed: ddp "
+                             "(the frozen base is small next to full fine-tuning's optimiser state)")
+        if not self.synthetic and not self.chat_files:
+            raise ValueError("synthetic: false leaves nothing to fine-tune on; name chat_files or set "
+                             "synthetic: true")
         return self

@@ -67,9 +67,10 @@ def _broadcast_floats(values: list[float], rt: Runtime) -> list[float]:
 
 
 def train_step(model: nn.Module, opt: Optimizers | torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-               rt: Runtime, *, micro_batch_size: int | None = None, grad_clip: float = 0.0
-               ) -> tuple[torch.Tensor, float | None]:
-    """One optimiser step on this process's batch x, y [b, T] (CPU or device tensors).
+               rt: Runtime, *, micro_batch_size: int | None = None, grad_clip: float = 0.0,
+               segments: torch.Tensor | None = None) -> tuple[torch.Tensor, float | None]:
+    """One optimiser step on this process's batch x, y [b, T] (CPU or device tensors); ``segments`` [b, T]
+    for packed rows (see ``GPT.forward``).
 
     The batch is split into micro-batches of ``micro_batch_size`` whose gradients accumulate (under DDP,
     only the last one all-reduces); the loss of each is weighted by its share of the batch. Returns the
@@ -83,11 +84,12 @@ def train_step(model: nn.Module, opt: Optimizers | torch.optim.Optimizer, x: tor
     for i in range(n_micro):
         xb = x[i * mb:(i + 1) * mb].to(rt.device, non_blocking=True)
         yb = y[i * mb:(i + 1) * mb].to(rt.device, non_blocking=True)
+        kw = {} if segments is None else {"segments": segments[i * mb:(i + 1) * mb].to(rt.device)}
         last = i == n_micro - 1
         sync = model.no_sync() if (not last and hasattr(model, "no_sync")) else contextlib.nullcontext()
         with sync:
             with rt.autocast():
-                _, loss = model(xb, yb)
+                _, loss = model(xb, yb, **kw)
             (loss * (xb.size(0) / b)).backward()
         total += loss.detach() * (xb.size(0) / b)
     norm = None
@@ -220,7 +222,24 @@ def _full_states(model: nn.Module, opt: Optimizers, cfg: LoopConfig, rt: Runtime
         o = StateDictOptions(full_state_dict=True, cpu_offload=True)
         return (get_model_state_dict(model, options=o),
                 {"fsdp": get_optimizer_state_dict(model, opt.optimizers[0], options=o)})
-    return unwrap(model).state_dict(), opt.state_dict()
+    return trainable_state_dict(unwrap(model)), opt.state_dict()
+
+
+def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state a checkpoint must keep: the whole state dict, or, when some parameters are frozen (LoRA),
+    only the trainable ones (the frozen base is re-read from its own model directory on resume)."""
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    sd = model.state_dict()
+    return {k: v for k, v in sd.items() if k not in frozen} if frozen else sd
+
+
+def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a ``trainable_state_dict``; RuntimeError if it lacks a trainable tensor or has unknown ones."""
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    missing, unexpected = model.load_state_dict(state, strict=not frozen)
+    if set(missing) - frozen or unexpected:
+        raise RuntimeError(f"checkpoint does not fit the model: missing {sorted(set(missing) - frozen)[:3]}, "
+                           f"unexpected {sorted(unexpected)[:3]}")
 
 
 def _load_states(model: nn.Module, opt: Optimizers, model_state: dict[str, torch.Tensor],
@@ -236,7 +255,7 @@ def _load_states(model: nn.Module, opt: Optimizers, model_state: dict[str, torch
         set_model_state_dict(model, model_state, options=o)
         set_optimizer_state_dict(model, opt.optimizers[0], opt_state["fsdp"], options=o)
         return
-    unwrap(model).load_state_dict(model_state)
+    load_trainable_state(unwrap(model), model_state)
     opt.load_state_dict(opt_state)
 
 
@@ -344,8 +363,9 @@ def fit(model: nn.Module, cfg: LoopConfig, rt: Runtime, train_data: BatchSource,
             step_progress = st.step / cfg.max_steps if cfg.max_steps else 1.0
             lr_mult = lr_multiplier(st.step, max(step_progress, now / budget) if budget else step_progress, cfg)
             set_lr(opt, lr_mult)
-            x, y = train_data.next_batch()
-            loss, gnorm = train_step(wrapped, opt, x, y, rt, micro_batch_size=micro, grad_clip=cfg.grad_clip)
+            x, y, *seg = train_data.next_batch()  # packed rows also carry their segments
+            loss, gnorm = train_step(wrapped, opt, x, y, rt, micro_batch_size=micro, grad_clip=cfg.grad_clip,
+                                     segments=seg[0] if seg else None)
             st.step += 1
             st.tokens_seen += tokens_per_step
             loss_acc += loss
@@ -406,7 +426,7 @@ def fit(model: nn.Module, cfg: LoopConfig, rt: Runtime, train_data: BatchSource,
 
             set_model_state_dict(wrapped, best.model_state, options=StateDictOptions(full_state_dict=True))
         else:
-            model.load_state_dict(best.model_state)
+            load_trainable_state(model, best.model_state)
         if main:
             log(f"using the best weights: step {st.best_step}, val loss {st.best_val_loss:.4f}")
     if main:

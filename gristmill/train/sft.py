@@ -9,7 +9,9 @@ argument keeps them apart (positions restart, no attention across), so each stil
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator, Sequence
+import hashlib
+import json
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ from tokenizers import Tokenizer
 
 from gristmill.core.jsonl import read_jsonl
 from gristmill.errors import InputError
-from gristmill.formats.chat import ChatFormatError, encode_chat
+from gristmill.formats.chat import ChatFormatError, encode_chat, validate_messages
 from gristmill.formats.vocab import IGNORE_INDEX, PAD_ID
 
 
@@ -50,6 +52,53 @@ def read_chat_records(path: Path, hint: str = "re-run `gristmill synth`") -> Ite
         if not isinstance(rec, dict) or "messages" not in rec:
             raise InputError(f"{path}:{lineno} is not a chat record (no 'messages')")
         yield {**rec, "_where": f"{path}:{lineno}"}
+
+
+@dataclass
+class UserChats:
+    """A user's chat files split into train and val conversations, with what was quarantined."""
+
+    train: list[dict[str, Any]]
+    val: list[dict[str, Any]]
+    quarantined: int = 0
+    files: int = 0
+
+
+def read_user_chats(paths: Sequence[Path], val_fraction: float,
+                    quarantine: Callable[[Any, str, str], None]) -> UserChats:
+    """OpenAI-style chat records (``{"messages": [...]}``) of JSONL files, split by a hash of each
+    conversation (stable across runs and file order) into train and val.
+
+    A line that is not JSON, not an object with ``messages``, or whose messages break the chat format
+    (:func:`gristmill.formats.chat.validate_messages`, an assistant reply required) is passed to
+    ``quarantine(record, step, reason)`` and counted; every other line lands in train or val. Other keys of
+    a record are kept (``_where`` = file:line is added).
+    """
+    out = UserChats([], [], files=len(paths))
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                where = f"{path}:{lineno}"
+                try:
+                    rec = json.loads(line)
+                except ValueError as e:
+                    quarantine({"where": where, "line": line[:2000]}, "chat_files", f"not valid JSON ({e})")
+                    out.quarantined += 1
+                    continue
+                try:
+                    if not isinstance(rec, dict) or "messages" not in rec:
+                        raise ChatFormatError("not a chat record: an object with 'messages' is expected")
+                    validate_messages(rec["messages"], need_assistant=True)
+                except ChatFormatError as e:
+                    quarantine({"where": where, "record": rec}, "chat_files", str(e))
+                    out.quarantined += 1
+                    continue
+                key = hashlib.sha256(json.dumps(rec["messages"], sort_keys=True).encode()).digest()
+                held_out = int.from_bytes(key[:8], "big") / 2**64 < val_fraction
+                (out.val if held_out else out.train).append({**rec, "_where": where})
+    return out
 
 
 def encode_examples(

@@ -171,7 +171,7 @@ def test_examples_mask_truncate_and_pad(upstream: Path) -> None:
 def test_missing_val_conversations_is_an_input_error(upstream: Path, tmp_path: Path) -> None:
     run = fresh_run(upstream, tmp_path / "run")
     (run / "synth" / "val.jsonl").write_text("")
-    with pytest.raises(InputError, match="val.jsonl has no usable conversations"):
+    with pytest.raises(InputError, match="no validation conversations to measure fine-tuning"):
         run_finetune(_stage(run, "finetune"), cfg())
 
 
@@ -181,3 +181,106 @@ def test_bad_chat_record_names_the_line(upstream: Path, tmp_path: Path) -> None:
     (run / "synth" / "val.jsonl").write_text(json.dumps(bad) + "\n")
     with pytest.raises(InputError, match=r"val.jsonl:1: message 0 has role 'robot'"):
         run_finetune(_stage(run, "finetune"), cfg())
+
+
+def _checkpoint_keys(step_dir: Path) -> set[str]:
+    from safetensors import safe_open
+
+    from gristmill.train.checkpoint import MODEL_FILE
+
+    with safe_open(str(step_dir / MODEL_FILE), "pt") as f:
+        return set(f.keys())
+
+
+def test_lora_trains_adapters_only_and_merges_into_the_base(upstream: Path, tmp_path: Path) -> None:
+    from gristmill.model.lora import load_adapter, merge_lora
+
+    run = fresh_run(upstream, tmp_path / "run")
+    ctx = _stage(run, "finetune")
+    stats = run_finetune(ctx, cfg(lora={"enabled": True, "rank": 4, "alpha": 8}, lr=2e-2, lm_eval_tokens=0))
+    assert stats["lora"]["layers"] == 2 * 7 and stats["lora"]["merged"] is True
+    assert stats["chat_val_loss_after"] < stats["chat_val_loss_before"] - 0.05
+    # checkpoints hold the adapters only: the frozen base is re-read from its model directory
+    keys = _checkpoint_keys(ctx.out_dir / "checkpoints" / "step_000012")
+    assert keys and all(k.endswith((".lora_a", ".lora_b")) for k in keys)
+    assert sum(1 for _ in keys) == 2 * 7 * 2
+    # model/ is the base with the saved adapter folded in
+    base = load_model(run / "train" / "model")
+    load_adapter(base, ctx.out_dir / "adapter")
+    merge_lora(base)
+    merged = load_model(ctx.out_dir / "model").state_dict()
+    assert set(merged) == set(base.state_dict())
+    assert all(torch.allclose(merged[k], v, atol=1e-6) for k, v in base.state_dict().items())
+    # frozen weights kept their values: the embedding is not a LoRA target
+    assert torch.equal(merged["tok_emb.weight"], load_model(run / "train" / "model").state_dict()["tok_emb.weight"])
+
+
+def test_unmerged_lora_resumes_and_loads_as_base_plus_adapter(upstream: Path, tmp_path: Path) -> None:
+    run = fresh_run(upstream, tmp_path / "run")
+    ctx = _stage(run, "finetune")
+    c = cfg(max_steps=8, checkpoint_every=4, lm_eval_tokens=0, lr=1e-2,
+            lora={"enabled": True, "rank": 4, "target_modules": ["wq", "wv"], "merge": False})
+    first = run_finetune(ctx, c)
+    model_dir = ctx.out_dir / "model"
+    assert (model_dir / "adapter.safetensors").is_file() and not (model_dir / "model.safetensors").exists()
+    done = load_model(model_dir).state_dict()  # base + adapter, merged on load
+    live = load_model(model_dir, merge=False)  # adapters kept as layers
+    assert sum(k.endswith("lora_a") for k in live.state_dict()) == 2 * 2
+    x = torch.randint(0, 512, (2, 16))
+    merged = load_model(model_dir)
+    assert torch.allclose(live(x)[0], merged(x)[0], atol=1e-5)
+    shutil.rmtree(ctx.out_dir / "checkpoints" / "step_000008")
+    shutil.rmtree(model_dir)
+    second = run_finetune(ctx, c)
+    assert second["resumed_from_step"] == 4 and second["steps"] == 8
+    again = load_model(model_dir).state_dict()
+    assert all(torch.equal(done[k], again[k]) for k in done)
+    assert first["chat_val_loss_after"] == second["chat_val_loss_after"]
+
+
+def test_lora_with_muon_is_refused() -> None:
+    with pytest.raises(ValueError, match="lora.enabled needs optimizer: adamw"):
+        cfg(lora={"enabled": True}, optimizer="muon")
+
+
+def _user_chats(n: int) -> list[dict]:
+    topics = ["the tides", "bread", "Hamlet", "rivers", "owls", "clocks", "snow", "bees"]
+    return [{"messages": [{"role": "user", "content": f"Tell me one thing about {topics[i % 8]} ({i})."},
+                          {"role": "assistant", "content": f"Number {i}: {topics[i % 8]} are worth a look."}]}
+            for i in range(n)]
+
+
+def test_user_chat_files_alone_with_bad_lines_quarantined(upstream: Path, tmp_path: Path) -> None:
+    run = fresh_run(upstream, tmp_path / "run")
+    shutil.rmtree(run / "synth")  # not needed: synthetic is off
+    chats = tmp_path / "chats.jsonl"
+    lines = [json.dumps(r) for r in _user_chats(40)]
+    lines.insert(3, "{not json")
+    lines.insert(7, json.dumps({"messages": [{"role": "robot", "content": "beep"}]}))
+    lines.insert(9, json.dumps({"messages": [{"role": "user", "content": "no answer"}]}))
+    chats.write_text("\n".join(lines) + "\n")
+    ctx = _stage(run, "finetune")
+    c = cfg(synthetic=False, chat_files=[str(chats)], chat_val_fraction=0.2, lm_eval_tokens=0)
+    stats = run_finetune(ctx, c)
+    d = stats["data"]["chat_files"]
+    assert d["quarantined"] == 3 and d["train"] + d["val"] == 40 and d["val"] > 0
+    assert "synthetic" not in stats["data"]
+    q = [json.loads(line) for line in (ctx.out_dir / "quarantine.jsonl").read_text().splitlines()]
+    assert [r["document"]["where"].rsplit(":", 1)[1] for r in q] == ["4", "8", "10"]
+    assert "not valid JSON" in q[0]["reason"] and "robot" in q[1]["reason"] and "no assistant" in q[2]["reason"]
+    assert stats["chat_val_loss_after"] < stats["chat_val_loss_before"]
+
+
+def test_user_chat_files_mixed_with_synthetic_and_packed(upstream: Path, tmp_path: Path) -> None:
+    run = fresh_run(upstream, tmp_path / "run")
+    chats = tmp_path / "chats.jsonl"
+    write_jsonl(chats, _user_chats(30))
+    n_synth = sum(1 for _ in read_chat_records(run / "synth" / "train.jsonl"))
+    ctx = _stage(run, "finetune")
+    stats = run_finetune(ctx, cfg(chat_files=[str(chats)], packing=True, lm_eval_tokens=0))
+    assert stats["data"]["synthetic"]["train"] == n_synth
+    assert stats["train_examples"] + stats["dropped"] >= n_synth + stats["data"]["chat_files"]["train"] - 1
+    packing = stats["packing"]
+    # the short user chats share rows: fewer rows than conversations, most positions real tokens
+    assert packing["rows"] < stats["train_examples"] and packing["fill"] > 0.7 and packing["seq_len"] == BLOCK
+    assert stats["chat_val_loss_after"] < stats["chat_val_loss_before"] - 0.3
