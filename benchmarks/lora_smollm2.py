@@ -76,11 +76,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--rounds", type=int, default=2, help="runs of each side, alternating")
     ap.add_argument("--checkpoint", type=int, default=0, metavar="N",
                     help="Gristmill: recompute the first N blocks in backward (activation checkpointing; 30 = all)")
-    ap.add_argument("--bf16", action="store_true",
-                    help="both sides under bf16 autocast (matmuls on the CPU's AMX/AVX-512 bf16 units)")
+    ap.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                    help="Gristmill's finetune.precision: auto = bf16 with the frozen base stored in bf16 on a "
+                         "CPU with bf16 units (as `gristmill finetune` does with LoRA), else fp32")
     ap.add_argument("--no-malloc-keep", action="store_true", help="leave glibc's malloc thresholds alone")
-    ap.add_argument("--sides", default="gristmill,peft", help="comma-separated: gristmill, peft")
-    ap.add_argument("--side", choices=("gristmill", "peft"), help=argparse.SUPPRESS)  # a child's side
+    ap.add_argument("--sides", default="gristmill,peft,peft-bf16",
+                    help="comma-separated: gristmill, peft (float32, its default), peft-bf16 (under bf16 autocast)")
+    ap.add_argument("--side", choices=("gristmill", "peft", "peft-bf16"), help=argparse.SUPPRESS)  # a child's side
     ap.add_argument("--tokens", type=Path, help=argparse.SUPPRESS)  # the shared token file (child)
     return ap.parse_args(argv)
 
@@ -130,10 +132,12 @@ def _batch(tokens: Any, step: int, batch: int, seq: int) -> tuple[Any, Any]:
 def _gristmill_side(args: argparse.Namespace, tokens_out: Path) -> tuple[Any, Any]:
     """The Gristmill model with LoRA applied and its optimiser; writes the shared token file."""
     import numpy as np
+    import torch
 
     from gristmill.core.paths import expand
     from gristmill.model.convert.gguf import import_gguf
-    from gristmill.model.lora import apply_lora
+    from gristmill.model.lora import apply_lora, cast_frozen
+    from gristmill.runtime import autocast, resolve_bf16
     from gristmill.train.config import LoraConfig, OptimConfig
     from gristmill.train.optim import build_optimizer
 
@@ -142,12 +146,15 @@ def _gristmill_side(args: argparse.Namespace, tokens_out: Path) -> tuple[Any, An
     np.save(tokens_out, np.asarray(tok.encode(text).ids, dtype=np.int32))
     apply_lora(model, LoraConfig(enabled=True, rank=args.rank, alpha=args.alpha, dropout=0.0,
                                  target_modules=list(TARGETS_GRISTMILL)))
+    bf16 = resolve_bf16(args.precision, torch.device("cpu"), frozen_base=True)
+    if bf16:
+        cast_frozen(model, torch.bfloat16)  # what the finetune stage does under bf16
     model.checkpoint_blocks = args.checkpoint
     opt = build_optimizer(model, OptimConfig(optimizer="adamw", lr=args.lr, weight_decay=0.0))
     model.train()
 
     def step(x: Any, y: Any) -> float:
-        with _autocast(args):
+        with autocast(torch.device("cpu"), bf16):
             _, loss = model(x, y)
         loss.backward()
         opt.step()
@@ -157,16 +164,16 @@ def _gristmill_side(args: argparse.Namespace, tokens_out: Path) -> tuple[Any, An
     return model, step
 
 
-def _autocast(args: argparse.Namespace) -> Any:
-    """bf16 autocast on the CPU when asked (both sides alike), else nothing."""
+def _autocast(bf16: bool) -> Any:
+    """bf16 autocast on the CPU when asked, else nothing."""
     import contextlib
 
     import torch
 
-    return torch.autocast("cpu", dtype=torch.bfloat16) if args.bf16 else contextlib.nullcontext()
+    return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
-def _peft_side(args: argparse.Namespace) -> tuple[Any, Any]:
+def _peft_side(args: argparse.Namespace, bf16: bool) -> tuple[Any, Any]:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -182,7 +189,7 @@ def _peft_side(args: argparse.Namespace) -> tuple[Any, Any]:
     def step(x: Any, y: Any) -> float:
         # y is already shifted (y[t] = x[t+1]): shift_labels tells transformers not to shift again, so
         # both sides score the same 8 x 256 targets.
-        with _autocast(args):
+        with _autocast(bf16):
             loss = model(input_ids=x, labels=y, shift_labels=y, use_cache=False).loss
         loss.backward()
         opt.step()
@@ -205,7 +212,8 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         keep_freed_memory()
     torch.manual_seed(0)
     t0 = time.perf_counter()
-    model, step = _gristmill_side(args, args.tokens) if args.side == "gristmill" else _peft_side(args)
+    model, step = (_gristmill_side(args, args.tokens) if args.side == "gristmill"
+                   else _peft_side(args, bf16=args.side == "peft-bf16"))
     load_s = time.perf_counter() - t0
     _release_freed_memory()
     tokens = np.load(args.tokens)
@@ -235,7 +243,7 @@ def _run_side(side: str, args: argparse.Namespace, tokens: Path) -> dict[str, An
            "--rank", str(args.rank), "--alpha", str(args.alpha), "--lr", str(args.lr),
            "--threads", str(args.threads)]
     cmd += ["--checkpoint", str(args.checkpoint)]
-    cmd += ["--bf16"] if args.bf16 else []
+    cmd += ["--precision", args.precision]
     cmd += ["--no-malloc-keep"] if args.no_malloc_keep else []
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TRANSFORMERS_VERBOSITY": "error",
            "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
@@ -282,7 +290,7 @@ def main(argv: list[str] | None = None) -> None:
                 runs[s].append(_run_side(s, args, tokens))
     res = {s: _summary(r) for s, r in runs.items()}
     print(f"\nLoRA r={args.rank} on 7 projections, batch {args.batch} x {args.seq}, {args.threads} threads, "
-          f"{'bf16 autocast' if args.bf16 else 'float32'}, {args.rounds} round(s) of {args.warmup} warm-up + "
+          f"Gristmill precision {args.precision}, {args.rounds} round(s) of {args.warmup} warm-up + "
           f"{args.steps} timed steps; {_versions()}")
     print(f"{'':10} {'best s/step':>11} {'median':>7} {'cpu s':>6} {'peak MB':>8} {'life MB':>8} {'load s':>6} "
           f"{'trainable':>10}  first losses | load averages")
@@ -293,13 +301,15 @@ def main(argv: list[str] | None = None) -> None:
               + ", ".join(f"{a:.1f}-{b:.1f}" for a, b in r["loadavg"]))
     for s, r in runs.items():
         print(f"{s} step times (s), round by round: " + " | ".join(" ".join(f"{t:.2f}" for t in x["step_s"]) for x in r))
-    if "peft" in res:
-        g, p = res["gristmill"], res["peft"]
-        print(f"\nGristmill / peft: {p['best_s'] / g['best_s']:.2f}x the steps/s on the best steps "
+    g = res["gristmill"]
+    for peer, what in (("peft", "peft (float32)"), ("peft-bf16", "peft under bf16 autocast")):
+        if peer not in res:
+            continue
+        p = res[peer]
+        print(f"Gristmill / {what}: {p['best_s'] / g['best_s']:.2f}x the steps/s on the best steps "
               f"({p['median_s'] / g['median_s']:.2f}x on the medians; target >= 1.3x), "
               f"{g['peak_train_mb'] / p['peak_train_mb']:.2f}x the peak memory while training (target <= 0.5x)"
               + (f"; Gristmill recomputes {args.checkpoint} blocks in backward" if args.checkpoint else ""))
-
 
 if __name__ == "__main__":
     main()

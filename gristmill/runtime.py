@@ -2,7 +2,8 @@
 
 Stages call these functions and pass the results down; nothing here runs at import time. The rule for
 precision is one code path: on CUDA, bf16 autocast (and torch.compile when asked for "auto"); on CPU,
-plain fp32 and eager mode.
+plain fp32 and eager mode unless bf16 is asked for (``precision: bf16``, or LoRA's ``auto`` on a CPU with
+bf16 matrix units: see :func:`cpu_has_fast_bf16`).
 """
 
 from __future__ import annotations
@@ -40,11 +41,38 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA; a no-op on CPU (fp32 there: CPU bf16 matmuls are slow or inexact)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+def autocast(device: torch.device, bf16: bool | None = None) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA (or wherever ``bf16`` is True); a no-op otherwise (fp32 on CPU by default:
+    bf16 matmuls are slow on CPUs without bf16 units, and inexact everywhere)."""
+    if bf16 is None:
+        bf16 = device.type == "cuda"
+    if bf16:
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def cpu_has_fast_bf16() -> bool:
+    """The CPU multiplies bf16 matrices in hardware (AMX tiles or AVX-512 BF16), where bf16 matmuls run
+    about twice as fast as fp32 ones."""
+    try:
+        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    except AttributeError:  # an older torch without the probes
+        return False
+
+
+def resolve_bf16(precision: str, device: torch.device, *, frozen_base: bool = False) -> bool:
+    """Whether to compute in bf16: ``fp32``/``bf16`` as said; ``auto`` = on CUDA, and on a CPU with bf16
+    units when most weights are frozen (LoRA: only the adapters train, in fp32)."""
+    if precision == "bf16":
+        if device.type == "cpu" and not cpu_has_fast_bf16():
+            import warnings
+
+            warnings.warn("precision: bf16 on a CPU without bf16 units: expect it to be slower than fp32",
+                          stacklevel=2)
+        return True
+    if precision == "fp32":
+        return False
+    return device.type == "cuda" or (device.type == "cpu" and frozen_base and cpu_has_fast_bf16())
 
 
 def should_compile(setting: str | bool, device: torch.device) -> bool:
@@ -176,19 +204,22 @@ class Runtime:
     dist: Dist
     compile: bool
     """torch.compile the model (resolved from "auto": CUDA only)."""
+    bf16: bool = False
+    """Compute under bf16 autocast (resolved from the config's ``precision``)."""
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        return autocast(self.device)
+        return autocast(self.device, self.bf16)
 
     @property
     def dtype_name(self) -> str:
-        return "bf16-autocast" if self.device.type == "cuda" else "fp32"
+        return "bf16-autocast" if self.bf16 else "fp32"
 
 
 def setup_runtime(device: str = "auto", compile: str | bool = "auto", threads: int | None = None,
-                  seed: int = 0) -> Runtime:
-    """Resolve device, precision, compile policy and threads, join torchrun's process group if any, and
-    seed every generator (the same seed on every rank, so all ranks build the same initial model)."""
+                  seed: int = 0, precision: str = "auto", frozen_base: bool = False) -> Runtime:
+    """Resolve device, precision (see :func:`resolve_bf16`), compile policy and threads, join torchrun's
+    process group if any, and seed every generator (the same seed on every rank, so all ranks build the
+    same initial model)."""
     set_threads(threads)
     d, dev = init_distributed(device)
     seed_everything(seed)
@@ -197,7 +228,7 @@ def setup_runtime(device: str = "auto", compile: str | bool = "auto", threads: i
         torch.backends.cudnn.allow_tf32 = True
     else:
         keep_freed_memory()
-    return Runtime(dev, d, should_compile(compile, dev))
+    return Runtime(dev, d, should_compile(compile, dev), resolve_bf16(precision, dev, frozen_base=frozen_base))
 
 
 def current_rss_mb() -> float:

@@ -29,7 +29,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, (x.size(-1),), self.weight, self.eps)
+        # the gain in the input's dtype (bf16 activations under autocast): the fused kernel needs one dtype
+        return F.rms_norm(x, (x.size(-1),), self.weight.to(x.dtype), self.eps)
 
 
 def segment_layout(segments: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

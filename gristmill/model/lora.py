@@ -141,6 +141,19 @@ def apply_lora(model: nn.Module, cfg: LoraSpec) -> list[str]:
     return chosen
 
 
+def cast_frozen(model: nn.Module, dtype: torch.dtype) -> int:
+    """Store every frozen weight matrix (the base under LoRA) in ``dtype``, e.g. bf16 for bf16 autocast:
+    half the memory, no per-step casts. Trainable parameters and 1-D gains keep their dtype (the adapters
+    and the optimiser stay float32). Returns the number of tensors cast. Merge onto a float32 copy of the
+    base afterwards (``load_adapter`` + ``merge_lora``), not onto the cast one."""
+    n = 0
+    for p in unwrap(model).parameters():
+        if not p.requires_grad and p.ndim >= 2 and p.is_floating_point() and p.dtype != dtype:
+            p.data = p.data.to(dtype)
+            n += 1
+    return n
+
+
 @torch.no_grad()
 def merge_lora(model: nn.Module) -> list[str]:
     """Fold every adapter into its base weight (W += B A * alpha/r) and put a plain ``nn.Linear`` back.

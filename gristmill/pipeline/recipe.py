@@ -30,6 +30,17 @@ class RecipeBase(Config):
     """Folder that holds runs, relative to the working directory."""
     seed: int = Field(1337, ge=0, le=MAX_SEED)
     """One seed for the run; each stage derives its own randomness from it."""
+    skip: list[str] = []
+    """Stages this recipe does not run, e.g. ``[tokenize, train]`` to fine-tune a pretrained model without
+    pre-training one (a stage that runs may not read a skipped one)."""
+
+    @field_validator("skip")
+    @classmethod
+    def _known_stages(cls, v: list[str]) -> list[str]:
+        names = [s.name for s in STAGES]
+        if unknown := [x for x in v if x not in names]:
+            raise ValueError(f"unknown stage(s) {unknown}; stages: {', '.join(names)}")
+        return v
 
     @field_validator("name")
     @classmethod
@@ -62,7 +73,13 @@ def check_recipe(recipe: Any, stages: list[str]) -> None:
     problem found is reported in one ConfigError."""
     problems = []
     for st in STAGES:
-        if st.name in stages and st.check is not None:
+        if st.name not in stages:
+            continue
+        skipped = [d for d in st.inputs(getattr(recipe, st.name)) if d in recipe.skip and d not in stages]
+        if skipped and not st.partial_inputs and st.name not in recipe.skip:
+            problems.append(f"{st.name} reads {', '.join(skipped)}, which skip lists: take "
+                            f"{', '.join(skipped)} out of skip, or skip {st.name} too")
+        if st.check is not None:
             try:
                 st.check(getattr(recipe, st.name), recipe)
             except ConfigError as e:

@@ -152,7 +152,7 @@ def run_pipeline(recipe: Any, only: list[str] | None = None, force_from: str | N
 
     Every stage's checks run before the first stage, so a mistake anywhere in the recipe costs nothing.
     """
-    names = list(only) if only else list(STAGE_NAMES)
+    names = list(only) if only else [n for n in STAGE_NAMES if n not in recipe.skip]
     for n in names:
         stage(n)
     forced: set[str] = set(force or ())
@@ -167,6 +167,8 @@ def run_pipeline(recipe: Any, only: list[str] | None = None, force_from: str | N
     with distributed_session(recipe.train.device):
         for st in STAGES:
             if st.name not in names:
+                continue
+            if st.name in recipe.skip and not only:
                 continue
             if not st.active(getattr(recipe, st.name)):
                 if _world()[0] == 0 and only:

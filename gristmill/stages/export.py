@@ -97,9 +97,9 @@ def _check_line(c: dict[str, Any]) -> str:
 
 
 def reads(cfg: ExportConfig) -> tuple[str, ...]:
-    """The model stage that must have finished: ``auto`` needs at least ``train`` (and uses a finished
-    ``finetune`` or ``base`` when there is one)."""
-    return ("train",) if cfg.model == "auto" else (cfg.model,)
+    """The model stage that must have finished: ``auto`` takes whichever finished (``model_stage`` says
+    what to run when none has), so a recipe that skips pre-training still exports."""
+    return () if cfg.model == "auto" else (cfg.model,)
 
 
 def check_config(cfg: ExportConfig, recipe: Any) -> None:

@@ -21,6 +21,7 @@ function and over the same tokens before and after, so the numbers compare direc
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -115,10 +116,12 @@ def _chat_data(ctx: StageContext, cfg: FinetuneConfig, tokenizer: Any, seq_len: 
 def run(ctx: StageContext, cfg: FinetuneConfig) -> dict[str, Any]:
     """Fine-tune the base model (all weights, or LoRA adapters) on the chat data; write the model, metrics
     and the before/after evaluation."""
+    import torch
+
     from gristmill.eval.lm import evaluate_lm, lm_metrics
     from gristmill.eval.samples import chat_answers
     from gristmill.model.io import load_model, save_adapter_model, save_model
-    from gristmill.model.lora import apply_lora, merge_lora, save_adapter
+    from gristmill.model.lora import apply_lora, cast_frozen, load_adapter, merge_lora, save_adapter
     from gristmill.runtime import setup_runtime
     from gristmill.tokenizer.bpe import load_tokenizer
     from gristmill.train.batches import ChatBatches, ChatEvalData, PackedChatBatches
@@ -127,20 +130,13 @@ def run(ctx: StageContext, cfg: FinetuneConfig) -> dict[str, Any]:
 
     t_start = time.monotonic()
     base_dir = ctx.input_dir(cfg.start_from) / "model"
-    rt = setup_runtime(cfg.device, cfg.compile, cfg.threads, ctx.seed)
+    rt = setup_runtime(cfg.device, cfg.compile, cfg.threads, ctx.seed, cfg.precision, frozen_base=cfg.lora.enabled)
+    # before/after scores use the device's default arithmetic whatever training used, so they compare
+    eval_rt = dataclasses.replace(rt, bf16=rt.device.type == "cuda")
     main = rt.dist.is_main
     model = load_model(base_dir, rt.device)
     tokenizer = load_tokenizer(base_dir)
     seq_len = min(cfg.seq_len or min(model.config.block_size, 1024), model.config.block_size)
-    lora = None
-    if cfg.lora.enabled:
-        layers = apply_lora(model, cfg.lora)
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        lora = {"rank": cfg.lora.rank, "alpha": cfg.lora.alpha, "layers": len(layers),
-                "trainable_parameters": trainable, "merged": cfg.lora.merge}
-        if main:
-            ctx.log(f"[finetune] LoRA rank {cfg.lora.rank} on {len(layers)} layers: {trainable:,} trainable of "
-                    f"{sum(p.numel() for p in model.parameters()):,} parameters")
     width = seq_len if rt.compile else None  # a compiled model wants one shape
 
     train_ex, val_ex, data_counts = _chat_data(ctx, cfg, tokenizer, seq_len)
@@ -168,7 +164,7 @@ def run(ctx: StageContext, cfg: FinetuneConfig) -> dict[str, Any]:
         if not lm_on or len(lm_tokens) == 0 or lm_bytes == 0:
             return None
         return evaluate_lm(m, lm_tokens, lm_bytes, batch_size=cfg.eval_batch_size, eot_id=eot,
-                           device=rt.device, autocast=rt.autocast)
+                           device=rt.device, autocast=eval_rt.autocast)
 
     # Scores of the base model, kept beside the checkpoints so a resumed attempt does not redo them.
     before_path = ctx.out_dir / "checkpoints" / "before.json"
@@ -178,7 +174,7 @@ def run(ctx: StageContext, cfg: FinetuneConfig) -> dict[str, Any]:
         if main:
             ctx.log(f"[finetune] scoring the base model: {val_data.n_tokens:,} assistant tokens"
                     + (f" and {len(lm_tokens):,} validation text tokens" if lm_on else ""))
-        nats, n = evaluate(model, val_data.batches(None), rt)
+        nats, n = evaluate(model, val_data.batches(None), eval_rt)
         train_stats = ctx.input_manifest("train").get("stats") or {} if cfg.start_from == "train" else {}
         if lm_on and cfg.lm_eval_tokens is None and train_stats.get("val_tokens") == len(lm_tokens):
             # the base model's whole-split figures: computed once, by the train stage
@@ -190,9 +186,21 @@ def run(ctx: StageContext, cfg: FinetuneConfig) -> dict[str, Any]:
                   "answers": answers, "lm_seconds": time.monotonic() - t0}
         if main:
             write_json(before_path, before)
-    # The budget must also cover the final LM evaluation done after fit returns: start its clock that
-    # much earlier (fit already reserves time for its own final chat evaluation and checkpoint).
-    lm_reserve = before["lm_seconds"] if before["lm"] is not None else 0.0
+    # The budget must also cover the final scoring done after fit returns (about what "before" took):
+    # start its clock that much earlier (fit reserves time for its own final evaluation and checkpoint).
+    lm_reserve = before["lm_seconds"]
+
+    lora = None
+    if cfg.lora.enabled:
+        layers = apply_lora(model, cfg.lora)
+        if rt.bf16:
+            cast_frozen(model, torch.bfloat16)  # the frozen base in bf16: half its memory, bf16 matmuls
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        lora = {"rank": cfg.lora.rank, "alpha": cfg.lora.alpha, "layers": len(layers),
+                "trainable_parameters": trainable, "merged": cfg.lora.merge}
+        if main:
+            ctx.log(f"[finetune] LoRA rank {cfg.lora.rank} on {len(layers)} layers: {trainable:,} trainable of "
+                    f"{sum(p.numel() for p in model.parameters()):,} parameters; {rt.dtype_name}")
 
     res = fit(model, cfg, rt, train_data, val_data, ctx.out_dir, ctx.fingerprint, log=ctx.log,
               tokens_per_step=tokens_per_step, start_time=t_start - lm_reserve,
@@ -201,18 +209,28 @@ def run(ctx: StageContext, cfg: FinetuneConfig) -> dict[str, Any]:
     if not main:
         return {}
     if lora is None:
-        save_model(ctx.out_dir / "model", res.model, base_dir / "tokenizer.json")
-    elif cfg.lora.merge:
-        save_adapter(ctx.out_dir / "adapter", res.model, cfg.lora)  # the adapter alone, a few MB
-        merge_lora(res.model)
-        save_model(ctx.out_dir / "model", res.model, base_dir / "tokenizer.json")
-    else:  # model/ is the adapter plus a pointer to the base: load_model merges them on load
-        save_adapter_model(ctx.out_dir / "model", res.model, cfg.lora, base_dir, base_dir / "tokenizer.json")
+        final = res.model
+        save_model(ctx.out_dir / "model", final, base_dir / "tokenizer.json")
+    else:
+        # The adapters go onto a fresh float32 copy of the base (training may have held it in bf16).
+        adapter_dir = ctx.out_dir / ("adapter" if cfg.lora.merge else "model")
+        if cfg.lora.merge:
+            save_adapter(adapter_dir, res.model, cfg.lora)  # the adapter alone, a few MB
+        else:  # model/ is the adapter plus a pointer to the base: load_model merges them on load
+            save_adapter_model(adapter_dir, res.model, cfg.lora, base_dir, base_dir / "tokenizer.json")
+        del res.model, model
+        final = load_model(base_dir, rt.device)
+        load_adapter(final, adapter_dir)
+        merge_lora(final)
+        if cfg.lora.merge:
+            save_model(ctx.out_dir / "model", final, base_dir / "tokenizer.json")
+    final.eval()
+    nats, n = evaluate(final, val_data.batches(None), eval_rt)
+    chat_after = {"loss": nats / n, "tokens": n}
     if lm_on:
         ctx.log(f"[finetune] scoring the fine-tuned model on {len(lm_tokens):,} validation text tokens")
-    after_lm = lm_eval(res.model)
-    chat_after = {"loss": res.val_loss, "tokens": res.val_tokens}
-    answers_after = chat_answers(res.model, tokenizer, cfg.sample_prompts, cfg.sample_tokens)
+    after_lm = lm_eval(final)
+    answers_after = chat_answers(final, tokenizer, cfg.sample_prompts, cfg.sample_tokens)
     result = {
         "base_model": f"{cfg.start_from}/model",
         "answers": [{"prompt": b["prompt"], "before": b["answer"], "after": a["answer"]}
@@ -226,7 +244,7 @@ def run(ctx: StageContext, cfg: FinetuneConfig) -> dict[str, Any]:
     }
     write_json(ctx.out_dir / "eval.json", result)
     st = res.state
-    chat_b, chat_a = before["chat"]["loss"], res.val_loss
+    chat_b, chat_a = before["chat"]["loss"], chat_after["loss"]
     ctx.log(f"[finetune] chat val loss {chat_b:.4f} -> {chat_a:.4f}"
             + (f"; LM bits/byte {before['lm']['bits_per_byte']:.4f} -> {after_lm['bits_per_byte']:.4f}"
                if before["lm"] and after_lm else ""))

@@ -38,7 +38,7 @@ def run(ctx: StageContext, cfg: TrainConfig) -> dict[str, Any]:
     if len(val_tokens) == 0:
         raise InputError(f"{tok_dir / 'val.bin'} is empty: the prepare stage must leave some validation text")
 
-    rt = setup_runtime(cfg.device, cfg.compile, cfg.threads, ctx.seed)
+    rt = setup_runtime(cfg.device, cfg.compile, cfg.threads, ctx.seed, cfg.precision)
     mcfg = cfg.model.model_copy(update={"vocab_size": int(meta["vocab_size"])})
     model = GPT(mcfg)
     block = mcfg.block_size

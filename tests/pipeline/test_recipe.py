@@ -82,3 +82,16 @@ def test_docs_recipes_md_lists_every_key_as_the_code_defines_it():
     assert embedded == recipe_reference(), "docs/recipes.md is stale: regenerate it with `gristmill keys`"
     for key in ("`train.model.n_layer`", "`collect.sources[type=mediawiki].skip_sections`", "`prepare.steps[type=length].min_chars`", "`finetune.lm_eval_tokens`", "`serve.api_key_env`"):
         assert key in embedded
+
+
+def test_skip_names_stages_and_a_running_stage_may_not_read_a_skipped_one():
+    from gristmill.pipeline.recipe import check_recipe
+    from gristmill.stages import STAGE_NAMES
+
+    with pytest.raises(ConfigError, match=r"skip.*unknown stage\(s\) \['pretrain'\]"):
+        load_recipe("quick", ["skip=[pretrain]"])
+    chat = load_recipe("chat")
+    check_recipe(chat, [n for n in STAGE_NAMES if n not in chat.skip])  # fine-tunes the base, reads no train
+    r = load_recipe("quick", ["skip=[train]"])
+    with pytest.raises(ConfigError, match="evaluate reads train, which skip lists"):
+        check_recipe(r, [n for n in STAGE_NAMES if n not in r.skip])

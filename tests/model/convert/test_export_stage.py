@@ -111,7 +111,7 @@ def test_stage_errors_name_what_to_do(stage, tiny_model_dir: Path, tmp_path: Pat
         STAGE.run(ctx, ExportConfig(model="base"))
     with pytest.raises(InputError, match="set export.allow_softcap_drop: true"):
         STAGE.run(ctx, ExportConfig(allow_softcap_drop=False))
-    assert STAGE.inputs(ExportConfig()) == ("train",) and STAGE.inputs(ExportConfig(model="base")) == ("base",)
+    assert STAGE.inputs(ExportConfig()) == () and STAGE.inputs(ExportConfig(model="base")) == ("base",)
     assert not STAGE.active(ExportConfig(formats=[])) and STAGE.active(ExportConfig())
     with pytest.raises(ValueError, match="formats.0"):
         ExportConfig(formats=["onnx"])
