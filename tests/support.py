@@ -3,7 +3,9 @@ upstream stages made in a temporary run folder."""
 
 from __future__ import annotations
 
+import os
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,14 @@ BLOCK = 64
 WORDS = ("the king queen lord speak thou art my good sir hath love night day war peace sweet death "
          "crown sword heart noble fair foul time come go shall will not what why where").split()
 TINY_MODEL = {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 32}
+
+
+def chromium_path() -> str | None:
+    """The system Chromium the browser tests drive with Playwright ($CHROMIUM, or the first on PATH)."""
+    for name in (os.environ.get("CHROMIUM"), "chromium", "chromium-browser", "google-chrome"):
+        if name and (path := shutil.which(name)):
+            return path
+    return None
 
 
 def stage_context(run_dir: Path, stage: str, *, upstream: tuple[str, ...] = (), seed: int = 7,

@@ -30,6 +30,10 @@ class StepStats:
     changed: int = 0
     """Kept documents whose text the step rewrote (normalisers, cleaners, redactors)."""
     dropped: Counter = field(default_factory=Counter)
+    characters_in: int = 0
+    """Characters of the documents it saw (counted by :func:`counted`; the run report's data funnel)."""
+    characters_out: int = 0
+    """Characters of the documents it kept, after any rewriting."""
     quarantine: Callable[[Document, str, str], None] | None = None
 
     def drop(self, doc: Document, reason: str) -> None:
@@ -39,7 +43,8 @@ class StepStats:
 
     def as_dict(self) -> dict[str, Any]:
         return {"seen": self.seen, "kept": self.kept, "changed": self.changed,
-                "dropped": dict(sorted(self.dropped.items()))}
+                "dropped": dict(sorted(self.dropped.items())),
+                "characters_in": self.characters_in, "characters_out": self.characters_out}
 
 
 class Step(Protocol):
@@ -51,15 +56,18 @@ class Step(Protocol):
 
 
 def counted(step: Step, docs: Iterable[Document], stats: StepStats) -> Iterator[Document]:
-    """Run ``step`` over ``docs``, counting what goes in and what comes out."""
+    """Run ``step`` over ``docs``, counting what goes in and what comes out (documents and characters:
+    ``len`` of a str costs nothing, where bytes would mean encoding every document at every step)."""
 
     def _in() -> Iterator[Document]:
         for d in docs:
             stats.seen += 1
+            stats.characters_in += len(d.text)
             yield d
 
     for d in step.run(_in(), stats):
         stats.kept += 1
+        stats.characters_out += len(d.text)
         yield d
 
 

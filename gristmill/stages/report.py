@@ -1,9 +1,12 @@
-"""report: a Markdown summary of a run, written from the stages' manifests and output files.
+"""report: a Markdown and an HTML report of a run, written from the stages' manifests and output files.
 
-Nothing is recomputed. The report is a header, a table of the stages (status, wall time, outputs), then
-each stage's own section (every stage module supplies ``report``), how to serve the model, and every
-stage's statistics as the stage reported them. A stage that has not run is listed as such; the report
-still renders. Writes ``report.md`` and the SVG charts the sections draw.
+Nothing is recomputed. ``report.md`` is a header, a reading of the figures (what improved, what got worse,
+what to try), a table of the stages (status, wall time, outputs), then each stage's own section (every
+stage module supplies ``report``), the run's models compared, how to serve the model, and every stage's
+statistics as the stage reported them. ``report.html`` (``gristmill.report.html``; needs the ``report``
+extra, matplotlib) shows the same run as one self-contained page with plots. A stage that has not run is
+listed as such; the reports still render. Writes ``report.md``, the SVG charts its sections draw, and
+``report.html``.
 """
 
 from __future__ import annotations
@@ -24,21 +27,33 @@ def _stages() -> tuple[Stage, ...]:
 
 def section_stages(rc: ReportContext) -> str:
     from gristmill.report.markdown import human_bytes, table
+    from gristmill.report.runfiles import stage_rows
 
-    rows, total = [], 0.0
-    for st in _stages():
-        m = rc.manifests.get(st.name)
-        if m is None:
-            rows.append([st.name, "not run", None, None, None])
-            continue
-        wall = m.get("wall_time_s")
-        total += wall or 0.0
-        outputs = m.get("outputs") or {}
-        size = sum(o.get("bytes", 0) for o in outputs.values() if isinstance(o, dict))
-        rows.append([st.name, "done", m.get("started_at"), None if wall is None else f"{wall:.1f} s",
-                     f"{len(outputs)} files, {human_bytes(size)}"])
-    return ("## Stages\n\n" + table(["stage", "status", "started", "wall time", "outputs"], rows)
+    rows, total = stage_rows(rc.manifests)
+    cells = [[name, status, started, None if wall is None else f"{wall:.1f} s",
+              None if files is None else f"{files} files, {human_bytes(size)}"]
+             for name, status, started, wall, files, size in rows]
+    return ("## Stages\n\n" + table(["stage", "status", "started", "wall time", "outputs"], cells)
             + f"\n\nTotal wall time of the stages: {total:.1f} s.\n")
+
+
+def section_reading(rc: ReportContext) -> str:
+    from gristmill.report.reading import read_run, to_markdown
+
+    text = to_markdown(read_run(rc.run_dir, rc.manifests))
+    if not text:
+        return ""
+    return f"## Reading\n\nWhat the recorded figures say (rules of thumb over the numbers below).\n\n{text}"
+
+
+def section_models(rc: ReportContext) -> str:
+    from gristmill.report.compare import run_models, to_markdown
+
+    entries = run_models(rc.run_dir)
+    if not entries:
+        return ""
+    return ("## Models\n\nEvery model of this run with the figures its run recorded (`gristmill compare "
+            f"{rc.run_dir} OTHER_RUN` puts other runs beside it).\n\n" + to_markdown(entries))
 
 
 def section_stats(rc: ReportContext) -> str:
@@ -73,43 +88,81 @@ def section_serve(rc: ReportContext, recipe: Any) -> str:
     )
 
 
-def build_report(run_dir: Path, cfg: ReportConfig) -> tuple[str, dict[str, str]]:
-    """The Markdown text and the charts ({file name: SVG text}) for a run directory."""
+def _context(run_dir: Path, cfg: ReportConfig) -> tuple[ReportContext, Any]:
+    """The report context (every stage's manifest, in stage order) and the run's recorded recipe."""
     from gristmill.report.markdown import read_json_or_none
 
     run_dir = Path(run_dir)
-    stages = _stages()
-    rc = ReportContext(run_dir=run_dir, manifests={s.name: load_manifest(run_dir / s.name) for s in stages},
+    rc = ReportContext(run_dir=run_dir, manifests={s.name: load_manifest(run_dir / s.name) for s in _stages()},
                        options=cfg)
-    recipe = read_json_or_none(run_dir / "recipe.json")
+    return rc, read_json_or_none(run_dir / "recipe.json")
+
+
+def run_facts(rc: ReportContext, recipe: Any) -> list[tuple[str, str, bool]]:
+    """The header line's facts: (label, value, whether the value is code)."""
     first = next((m for m in rc.manifests.values() if m), None)
-    facts = [f"run directory `{run_dir}`"]
+    facts = [("run directory", str(rc.run_dir), True)]
     if first and first.get("recipe"):
-        facts.append(f"recipe `{first['recipe']}`")
+        facts.append(("recipe", str(first["recipe"]), True))
     if isinstance(recipe, dict) and "seed" in recipe:
-        facts.append(f"seed {recipe['seed']}")
+        facts.append(("seed", str(recipe["seed"]), False))
     if first and isinstance(first.get("versions"), dict):
         v = first["versions"]
-        facts.append(", ".join(f"{k} {v[k]}" for k in ("gristmill", "torch", "python") if k in v))
-    header = f"# {cfg.title or f'Gristmill run: {run_dir.name}'}\n\n" + "; ".join(facts) + ".\n"
-    sections = [section_stages(rc)]
-    sections += [st.report(rc) for st in stages if st.report is not None]
-    sections += [section_serve(rc, recipe), section_stats(rc)]
+        facts.append(("", ", ".join(f"{k} {v[k]}" for k in ("gristmill", "torch", "python") if k in v), False))
+    return facts
+
+
+def _title(rc: ReportContext, cfg: ReportConfig) -> str:
+    return cfg.title or f"Gristmill run: {rc.run_dir.name}"
+
+
+def build_report(run_dir: Path, cfg: ReportConfig) -> tuple[str, dict[str, str]]:
+    """The Markdown text and the charts ({file name: SVG text}) for a run directory."""
+    rc, recipe = _context(run_dir, cfg)
+    facts = "; ".join(f"{label} `{v}`" if code else f"{label} {v}".strip()
+                      for label, v, code in run_facts(rc, recipe))
+    header = f"# {_title(rc, cfg)}\n\n{facts}.\n"
+    sections = [section_reading(rc), section_stages(rc)]
+    sections += [st.report(rc) for st in _stages() if st.report is not None]
+    sections += [section_models(rc), section_serve(rc, recipe), section_stats(rc)]
     return header + "\n" + "\n".join(s for s in sections if s), rc.charts
 
 
+def build_html(run_dir: Path, cfg: ReportConfig) -> str:
+    """The self-contained HTML page for a run directory (needs matplotlib: the ``report`` extra)."""
+    from gristmill.report.html import render
+
+    rc, recipe = _context(run_dir, cfg)
+    return render(rc, _title(rc, cfg), run_facts(rc, recipe))
+
+
 def run(ctx: StageContext, cfg: ReportConfig) -> dict[str, Any]:
+    from gristmill.core.extras import available
+    from gristmill.errors import MissingExtra
+
     text, charts = build_report(ctx.run_dir, cfg)
     for name, svg in charts.items():
         write_text(ctx.out_dir / name, svg)
     write_text(ctx.out_dir / "report.md", text)
     ctx.log(f"[report] {ctx.out_dir / 'report.md'} ({len(text):,} characters, {len(charts)} charts)")
+    page = None
+    if available("matplotlib"):
+        page = build_html(ctx.run_dir, cfg)
+        write_text(ctx.out_dir / "report.html", page)
+        ctx.log(f"[report] {ctx.out_dir / 'report.html'} ({len(page):,} characters; open it in a browser)")
+    else:  # the Markdown report needs nothing optional: write it, and say once how to get the page
+        ctx.log(f"[report] report.html not written: {MissingExtra('the HTML report', 'report', 'matplotlib')}, "
+                f"then `gristmill report RECIPE --force`")
     reported = [s.name for s in _stages() if load_manifest(ctx.run_dir / s.name)]
-    return {"characters": len(text), "charts": sorted(charts), "stages_reported": reported}
+    return {"characters": len(text), "charts": sorted(charts), "stages_reported": reported,
+            "html_characters": None if page is None else len(page)}
 
 
 def summary(manifest: dict[str, Any], run_dir: Path) -> list[str]:
-    return [f"  report  {run_dir / 'report' / 'report.md'}"]
+    lines = [f"  report  {run_dir / 'report' / 'report.md'}"]
+    if (run_dir / "report" / "report.html").is_file():
+        lines.append(f"          {run_dir / 'report' / 'report.html'} (plots; open it in a browser)")
+    return lines
 
 
 STAGE = Stage(
@@ -118,6 +171,6 @@ STAGE = Stage(
     needs=("collect", "prepare", "synth", "tokenize", "train", "evaluate", "base", "finetune", "export"),
     partial_inputs=True,
     run=run,
-    help="write a Markdown report of the run",
+    help="write a Markdown and an HTML report of the run",
     summary=summary,
 )

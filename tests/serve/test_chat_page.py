@@ -7,20 +7,10 @@ browser download is not used.
 
 from __future__ import annotations
 
-import os
-import shutil
-
 import httpx
 import pytest
 from serving import KEY
-
-
-def chromium_path() -> str | None:
-    for name in (os.environ.get("CHROMIUM"), "chromium", "chromium-browser", "google-chrome"):
-        if name and (path := shutil.which(name)):
-            return path
-    return None
-
+from support import chromium_path
 
 pytestmark = [
     pytest.mark.skipif(chromium_path() is None, reason="needs a Chromium binary: apt-get install -y chromium"),

@@ -122,6 +122,11 @@ def test_report_renders_every_section(run_dir: Path):
     assert "Total wall time of the stages: 21.5 s." in md
     assert f"gristmill serve {run_dir}" in md and "finetune/model" in md
     assert "| nested.deeper.value | 1.2346 |" in md and "| sources.wiki.quarantined.redirect | 1 |" in md
+    # the reading of the figures, with their numbers, and the run's models compared
+    assert "- Pre-training: validation loss fell from 5.200 at step 2 to 3.400 at step 6 (-34.6%)." in md
+    assert "still falling at the end (4.200 at step 4 -> 3.400 at step 6, -19.0%): train longer" in md
+    assert "Fine-tuning raised the text bits per byte from 1.358 to 1.400 (+3.1%)" in md
+    assert "| chat val loss (nats/assistant token) | 1.7000 |" in md.split("## Models")[1]
     assert stats["charts"] == ["finetune_loss.svg", "train_loss.svg"]
     assert stats["stages_reported"] == ["collect", "prepare", "synth", "tokenize", "train", "evaluate", "finetune"]
     for name in stats["charts"]:
