@@ -27,8 +27,9 @@ $(DEMO_STAMP): $(BIN)/python pyproject.toml constraints.txt
 	touch $(DEMO_STAMP)
 
 $(TEST_STAMP): $(DEMO_STAMP)
-	$(PIP) -e '.[wiki,serve,tracking,convert,web,parity,test,report]'
+	$(PIP) -e '.[wiki,serve,tracking,convert,web,parity,test,report,eval,hub,ray]'
 	command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium)  # the chat page's test
+	test -f /usr/share/games/fortunes/fortunes || (apt-get update -q && apt-get install -y -q fortunes fortunes-min)  # collect's delimiter tests
 	touch $(TEST_STAMP)
 
 venv: $(TEST_STAMP)

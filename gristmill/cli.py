@@ -7,6 +7,8 @@
     gristmill generate RUN_DIR --prompt TEXT [--chat]            sample from the command line
     gristmill chat RUN_DIR                                       a conversation in the terminal
     gristmill compare RUN_OR_MODEL... [--json | --markdown]      the models of runs, side by side
+    gristmill score RUN_OR_MODEL --tasks PATH [--json]           a model on lm-eval-format task files
+    gristmill show-docs RUN_DIR STAGE [--split S] [-n N]          counts and a few documents of collect/prepare
     gristmill recipes | gristmill show RECIPE [--set ...]        list / print resolved recipes
 
 User mistakes (bad recipe key, missing input) print one line and exit with code 2.
@@ -40,6 +42,8 @@ def _recipe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe key, e.g. --set train.max_steps=100 (repeatable)")
     p.add_argument("--name", help="run name (default: the recipe's name); outputs go to runs/<name>/")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="processes for the data stages (collect.workers; default: one per CPU core)")
 
 
 def _load(args: argparse.Namespace):
@@ -48,6 +52,8 @@ def _load(args: argparse.Namespace):
     overrides = list(args.overrides)
     if getattr(args, "name", None):
         overrides.append(f"name={args.name}")
+    if getattr(args, "workers", None) is not None:
+        overrides.append(f"collect.workers={args.workers}")
     return load_recipe(args.recipe, overrides)
 
 
@@ -244,6 +250,23 @@ def cmd_chat(args: argparse.Namespace) -> int:
                 max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
 
 
+def _show_docs_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="a run folder (runs/<name>)")
+    p.add_argument("stage", help="a stage that writes documents: collect or prepare")
+    p.add_argument("--split", help="documents (collect, default), quarantine (collect), train (prepare, "
+                                   "default), val, dropped")
+    p.add_argument("-n", type=int, default=3, help="documents to print (default 3)")
+    p.add_argument("--chars", type=int, default=300, help="characters of each document's text (default 300)")
+
+
+@command("show-docs", "print counts and a few documents of a run's collect or prepare output", _show_docs_args)
+def cmd_show_docs(args: argparse.Namespace) -> int:
+    from gristmill.report.documents import show_documents
+
+    print(show_documents(Path(args.run), args.stage, args.split, args.n, args.chars), end="")
+    return 0
+
+
 def _compare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("paths", nargs="+", metavar="RUN_OR_MODEL",
                    help="a run folder (runs/<name>), or one model of a run (runs/<name>/finetune/model)")
@@ -259,6 +282,43 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     entries = compare(args.paths)
     print(to_json(entries) if args.json else to_markdown(entries) if args.markdown else to_text(entries), end="")
+    return 0
+
+
+def _score_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="a model folder, or a run folder (its fine-tuned, else pre-trained, else base model)")
+    p.add_argument("--tasks", action="append", required=True, metavar="PATH",
+                   help="a task YAML in lm-evaluation-harness's format, or a folder of them (repeatable)")
+    p.add_argument("--num-fewshot", type=int, help="few-shot examples for every task (default: each task's own)")
+    p.add_argument("--limit", type=int, help="score only the first N items of each task")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--samples-dir", type=Path, help="write per-item logs (<task>.jsonl) here")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+
+
+@command("score", "score a model on task files (lm-evaluation-harness's YAML + JSONL format)", _score_args)
+def cmd_score(args: argparse.Namespace) -> int:
+    import json
+
+    from gristmill.eval.harness import run_tasks
+    from gristmill.eval.tasks import load_tasks
+    from gristmill.model.io import load_for_inference, resolve_model_dir
+    from gristmill.runtime import resolve_device
+
+    tasks = load_tasks(args.tasks)
+    device = resolve_device(args.device)
+    model, tokenizer = load_for_inference(resolve_model_dir(Path(args.model)), device)
+    results = run_tasks(model, tokenizer, tasks, batch_size=args.batch_size, num_fewshot=args.num_fewshot,
+                        samples_dir=args.samples_dir, device=device, limit=args.limit,
+                        log=None if args.json else lambda m: print(m, file=sys.stderr))
+    if args.json:
+        print(json.dumps(results, indent=2, sort_keys=True))
+        return 0
+    for name, r in results.items():
+        shown = ", ".join(f"{k} {v['value']:.4f}" + (f" ± {v['stderr']:.4f}" if v.get("stderr") else "")
+                          for k, v in r["metrics"].items() if v["value"] is not None)
+        print(f"{name:<32} {shown}  ({r['items']} items, {r['num_fewshot']}-shot)")
     return 0
 
 

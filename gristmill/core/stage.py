@@ -46,7 +46,11 @@ class Stage:
     help: str
     """One line for ``gristmill --help``."""
     resumable: bool = False
-    """Keeps its partial output between attempts and finishes it (checkpoints), rather than restarting."""
+    """Keeps its partial output between attempts and finishes it (checkpoints, completion markers), rather
+    than restarting."""
+    runtime_keys: tuple[str, ...] = ()
+    """Keys of its config that change how it runs but never what it writes (workers, executor): left out of
+    its cache key, so changing them does not re-run it."""
     distributed: bool = False
     """Under torchrun every rank runs it (rank 0 writes); other stages run on rank 0 alone."""
     external_inputs: Callable[[Any], list[Path]] | None = None

@@ -112,3 +112,25 @@ def prefix_bytes(tokens: np.ndarray, decode: Callable[[list[int]], str]) -> int:
     """The UTF-8 size of exactly the text a prefix of the token array encodes (byte-level BPE is lossless)."""
     return len(decode(np.asarray(tokens).tolist()).encode("utf-8"))
 
+
+
+def text_tokens(tokenizer, texts: Iterable[str], max_chars: int | None = None) -> tuple[np.ndarray, int, int]:
+    """What a model scores for ``texts``: each text's tokens followed by ``<|endoftext|>`` (as the tokenize
+    stage writes ``val.bin``), the UTF-8 bytes of the text, and how many texts were used. ``max_chars``
+    cuts the texts after that many characters in total (the last one mid-way), so every tokenizer reads
+    exactly the same text and bits per byte compare across models."""
+    from gristmill.tokenizer.bpe import encode_documents
+
+    kept, left = [], max_chars
+    for t in texts:
+        if left is not None:
+            if left <= 0:
+                break
+            t = t[:left]
+            left -= len(t)
+        kept.append(t)
+    ids: list[int] = []
+    for doc_ids in encode_documents(tokenizer, kept):
+        ids += doc_ids
+        ids.append(EOT_ID)
+    return np.asarray(ids, dtype=np.int64), sum(len(t.encode("utf-8")) for t in kept), len(kept)

@@ -248,15 +248,31 @@ class GPT(nn.Module):
                 x = block(x, cos, sin, cache) if mask is None else block(x, cos, sin, segment_mask=mask)
         if cache is not None:
             cache.pos += T
-        x = self.norm(x)
-        weight = self.lm_head.weight if self.lm_head is not None else self.tok_emb.weight  # [V,C]
-        cap = self.config.logit_softcap
         if targets is not None:
-            return None, head_loss(x.reshape(B * T, -1), weight, targets.reshape(-1), cap)
-        logits = F.linear(x, weight)  # [B,T,V]
-        if cap:
-            logits = cap * torch.tanh(logits / cap)
-        return logits, None
+            weight = self.lm_head.weight if self.lm_head is not None else self.tok_emb.weight  # [V,C]
+            return None, head_loss(self.norm(x).reshape(B * T, -1), weight, targets.reshape(-1),
+                                   self.config.logit_softcap)
+        return self.logits(x), None
+
+    def hidden(self, idx: torch.Tensor, positions: torch.Tensor, attn_mask: torch.Tensor | None = None
+               ) -> torch.Tensor:
+        """The last block's output [B,T,C] (before the final norm) for token ids [B,T] at explicit
+        ``positions`` [B,T] with a boolean ``attn_mask`` [B,1,T,T] (True = may attend; None = causal):
+        what scoring many short, padded requests in one batch needs (:mod:`gristmill.eval.harness`).
+        ``logits(hidden(...))`` is ``forward``'s output for the same layout."""
+        self._rotary(0, int(positions.max()) + 1 if positions.numel() else 1)  # grow the tables if needed
+        cos, sin = self.rope_cos[positions], self.rope_sin[positions]  # [B,T,D/2]
+        x = self.tok_emb(idx)  # [B,T,C]
+        for block in self.blocks:
+            x = block(x, cos, sin, segment_mask=attn_mask)
+        return x
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits [..., V] of last-block outputs [..., C]: the final norm, the output head, the soft-cap."""
+        weight = self.lm_head.weight if self.lm_head is not None else self.tok_emb.weight  # [V,C]
+        logits = F.linear(self.norm(x), weight)
+        cap = self.config.logit_softcap
+        return cap * torch.tanh(logits / cap) if cap else logits
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -47,7 +47,7 @@ def stage(name: str) -> Stage:
 
 def fingerprint(recipe: Any, st: Stage) -> tuple[str, dict[str, Any]]:
     """The cache key of a stage, and the inputs record that goes into its manifest."""
-    cfg = getattr(recipe, st.name).model_dump(mode="json")
+    cfg = getattr(recipe, st.name).model_dump(mode="json", exclude=set(st.runtime_keys))
     upstream = {}
     for dep in st.needs:  # every stage it may read, finished or not: a change upstream re-runs it
         m = load_manifest(recipe.run_dir / dep)

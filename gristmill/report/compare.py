@@ -3,13 +3,12 @@
 A run holds up to three models: ``train/model`` (pre-trained), ``base/model`` (imported) and
 ``finetune/model`` (fine-tuned). For each, the figures come from the files the stages wrote:
 
-- text validation loss, perplexity and bits per byte, with the tokens scored: ``evaluate/eval.json`` (or
-  train's final evaluation in ``train/manifest.json``) for the pre-trained model; ``finetune/eval.json``
-  (``lm_val`` before/after, the same tokens for both) for the model fine-tuning started from and the
-  fine-tuned one;
+- text validation loss, perplexity and bits per byte, with the tokens scored: ``evaluate/eval.json``
+  (``models.<stage>``: every model on the same text); failing that, train's final evaluation in
+  ``train/manifest.json`` for the pre-trained model and ``finetune/eval.json`` (``lm_val`` before/after)
+  for the model fine-tuning started from and the fine-tuned one;
 - chat validation loss before/after fine-tuning: ``finetune/eval.json`` (``chat_val``);
-- task-suite scores: a ``tasks`` block ``{task: {metric: value}}`` in ``evaluate/eval.json`` (given to the
-  model its ``model`` key names) or in ``finetune/eval.json``;
+- task-suite scores: ``models.<stage>.tasks`` in ``evaluate/eval.json``;
 - parameters, steps, training time and tokens: the stages' manifests.
 
 ``compare(paths)`` resolves run and model folders (a one-line error for a missing or unfinished one);
@@ -106,12 +105,13 @@ def run_models(run_dir: Path) -> list[ModelEntry]:
                 e.tokens_seen = int(list(tokens.values())[-1]) if tokens else None
         entries[stage] = e
 
-    # evaluate scores one model (its "model" key): held-out text metrics, and task-suite scores if any
+    # evaluate scores every model of the run: held-out text metrics and task-suite scores
     ev = read_dict(run_dir / "evaluate" / "eval.json") if manifests["evaluate"] is not None else {}
-    owner = entries.get(str(ev.get("model", "train/model")).split("/")[0])
-    if owner is not None:
-        owner.text_val = _scores(ev, "evaluate/eval.json")
-        owner.tasks.update(tasks_block(ev.get("tasks")))
+    for stage, scored in (ev.get("models") or {}).items():
+        owner = entries.get(stage)
+        if owner is not None and isinstance(scored, dict):
+            owner.text_val = _scores(scored, f"evaluate/eval.json: models.{stage}")
+            owner.tasks.update(tasks_block(scored.get("tasks")))
     if "train" in entries and entries["train"].text_val is None:
         s = manifests["train"].get("stats") or {}
         if s.get("val_perplexity") is not None:  # train's final evaluation covered the whole split
@@ -128,7 +128,8 @@ def run_models(run_dir: Path) -> list[ModelEntry]:
         if ft_entry.parameters is None and before is not None:
             ft_entry.parameters = before.parameters  # the same architecture (adapters are merged or separate)
         lm, chat = ft.get("lm_val") or {}, ft.get("chat_val") or {}
-        ft_entry.text_val = _scores(lm.get("after"), "finetune/eval.json: lm_val.after")
+        # evaluate's figures (every model on the same text) win over fine-tuning's own before/after
+        ft_entry.text_val = ft_entry.text_val or _scores(lm.get("after"), "finetune/eval.json: lm_val.after")
         ft_entry.chat_val = _scores(chat.get("after"), "finetune/eval.json: chat_val.after")
         if before is not None:
             before.chat_val = _scores(chat.get("before"), "finetune/eval.json: chat_val.before")

@@ -154,18 +154,28 @@ def models_section(rc: ReportContext) -> str:
 
 def evaluation_section(rc: ReportContext) -> str:
     parts = []
-    ev = read_dict(rc.stage_dir("evaluate") / "eval.json")
-    if rc.manifests.get("evaluate") and ev:
-        rows = [[METRIC_NAMES[k], ev[k]] for k in METRIC_NAMES if k in ev]
-        scope = "a prefix of the validation split (evaluate.max_tokens)" if ev.get("capped") else \
-            "the whole validation split"
-        who = ev.get("model", "train/model")
-        parts.append(f"<h3>Held-out text: <code>{esc(who)}</code></h3>"
-                     + para(f"Scored on {scope}; computed by the {ev.get('computed_by', 'evaluate stage')}.")
-                     + table(["metric", "value"], rows))
-        tasks = tasks_block(ev.get("tasks"))
-        if tasks:
-            parts.append(f"<h3>Task suite: <code>{esc(who)}</code></h3>" + tasks_table(tasks))
+    ev = read_dict(rc.stage_dir("evaluate") / "eval.json") if rc.manifests.get("evaluate") else {}
+    models = run_models_scored(ev)
+    if models:
+        names = list(models)
+        text = ev.get("text") if isinstance(ev.get("text"), dict) else {}
+        scope = (f"the first {text['max_chars']:,} characters of" if text.get("max_chars") else "all of")
+        parts.append("<h3>Held-out text, every model</h3>"
+                     + para(f"Scored on {scope} prepare's validation documents, each model with its own tokenizer "
+                            "(bits per byte compare across tokenizers).")
+                     + table(["metric", *(f"{n}/model" for n in names)],
+                             [[METRIC_NAMES[k], *(models[n].get(k) for n in names)] for k in METRIC_NAMES]))
+        per_model = {n: tasks_block(models[n].get("tasks")) for n in names}
+        task_names = list(dict.fromkeys(t for blk in per_model.values() for t in blk))
+        rows = []
+        for t in task_names:
+            metrics = list(dict.fromkeys(m for blk in per_model.values() for m in blk.get(t, {})))
+            rows += [[f"{t}: {m}", *(per_model[n].get(t, {}).get(m) for n in names)] for m in metrics]
+        if rows:
+            parts.append("<h3>Task suite, every model</h3>"
+                         + para("The same items and prompts for every model; per-item logs in "
+                                "<code>evaluate/samples/&lt;model&gt;/</code>.")
+                         + table(["task: metric", *(f"{n}/model" for n in names)], rows))
     ft = read_dict(rc.stage_dir("finetune") / "eval.json")
     if rc.manifests.get("finetune") and ft:
         rows = []
@@ -307,14 +317,17 @@ def samples_section(rc: ReportContext) -> str:
     parts = []
     limit = rc.options.max_sample_chars
     ev = read_dict(rc.stage_dir("evaluate") / "eval.json") if rc.manifests.get("evaluate") else {}
-    samples = [s for s in ev.get("samples") or [] if isinstance(s, dict)]
-    if samples:
-        sampling = ev.get("sampling") if isinstance(ev.get("sampling"), dict) else {}
-        how = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in sampling.items()
-                        if v is not None)
+    models = run_models_scored(ev)
+    sampling = ev.get("sampling") if isinstance(ev.get("sampling"), dict) else {}
+    how = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in sampling.items()
+                    if v is not None)
+    for name, scored in models.items():
+        samples = [s for s in scored.get("samples") or [] if isinstance(s, dict)]
+        if not samples:
+            continue
         rows = [[pre(str(s.get("prompt", ""))), pre(clip(str(s.get("completion", "")), limit)),
                  s.get("finish_reason")] for s in samples]
-        parts.append(f"<h3>Samples: <code>{esc(ev.get('model', 'train/model'))}</code></h3>"
+        parts.append(f"<h3>Samples: <code>{esc(name)}/model</code></h3>"
                      + (para(f"Sampling: {how}.") if how else "")
                      + table(["prompt", "completion", "ended by"], rows, cls="sample"))
     columns = answer_columns(rc, ev)
@@ -331,22 +344,31 @@ def samples_section(rc: ReportContext) -> str:
     return "\n".join(parts)
 
 
+def run_models_scored(ev: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """evaluate's per-model results in the order a run makes the models (pre-trained, imported, fine-tuned)."""
+    order = ("train", "base", "finetune")
+    models = {k: v for k, v in (ev.get("models") or {}).items() if isinstance(v, dict)}
+    return dict(sorted(models.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
+
+
 def answer_columns(rc: ReportContext, ev: dict[str, Any]) -> list[tuple[str, dict[str, str]]]:
-    """(model, {prompt: answer}) for every model's greedy answers to the chat prompts."""
-    pre_trained = {str(a.get("prompt")): str(a.get("answer", "")) for a in ev.get("chat_answers") or []
+    """(model, {prompt: answer}) for every model's greedy answers to the chat prompts: evaluate's (every
+    model, the same prompts), else fine-tuning's own before/after answers."""
+    labels = {"train": "pre-trained (this run)", "base": "imported base", "finetune": "fine-tuned"}
+    cols = []
+    for name, scored in run_models_scored(ev).items():
+        answers = {str(a.get("prompt")): str(a.get("answer", "")) for a in (scored or {}).get("chat_answers") or []
                    if isinstance(a, dict)}
+        if answers:
+            cols.append((labels.get(name, name), answers))
+    if cols:
+        return cols
     ft = read_dict(rc.stage_dir("finetune") / "eval.json") if rc.manifests.get("finetune") else {}
     answers = [a for a in ft.get("answers") or [] if isinstance(a, dict) and "prompt" in a]
     if not answers:
-        return [("pre-trained", pre_trained)] if pre_trained else []
-    start = ((rc.manifests.get("finetune") or {}).get("stats") or {}).get("start_from", "train")
-    base = "imported base model" if start == "base" else "pre-trained model"
-    cols = []
-    if start == "base" and pre_trained:
-        cols.append(("pre-trained (this run, not chat-tuned)", pre_trained))
-    cols.append((f"{base}, before fine-tuning", {str(a["prompt"]): str(a.get("before", "")) for a in answers}))
-    cols.append(("fine-tuned", {str(a["prompt"]): str(a.get("after", "")) for a in answers}))
-    return cols
+        return []
+    return [("before fine-tuning", {str(a["prompt"]): str(a.get("before", "")) for a in answers}),
+            ("fine-tuned", {str(a["prompt"]): str(a.get("after", "")) for a in answers})]
 
 
 def stages_section(rc: ReportContext) -> str:

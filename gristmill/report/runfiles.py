@@ -69,11 +69,11 @@ def funnel(manifests: dict[str, dict[str, Any] | None]) -> list[FunnelStep]:
                 reasons[r] = reasons.get(r, 0) + int(n)
         quarantined = sum(reasons.values()) if reasons else int(collect.get("quarantined") or 0)
         steps.append(FunnelStep("collect", collect["documents"] + quarantined, collect["documents"], None,
-                                collect.get("characters"), reasons, "collect/quarantine.jsonl"))
+                                collect.get("characters"), reasons, "collect/quarantine/"))
     prepare = manifests.get("prepare") or {}
     for name, st in prepare_steps(prepare):
         steps.append(FunnelStep(name, int(st.get("seen", 0)), int(st.get("kept", 0)), st.get("characters_in"),
-                                st.get("characters_out"), dict(st.get("dropped") or {}), "prepare/dropped.jsonl"))
+                                st.get("characters_out"), dict(st.get("dropped") or {}), "prepare/dropped/"))
     return steps
 
 

@@ -15,6 +15,6 @@ from gristmill.stages import (
           train,
 )
 
-STAGES = (collect.STAGE, prepare.STAGE, synth.STAGE, tokenize.STAGE, train.STAGE, evaluate.STAGE,
-          base.STAGE, finetune.STAGE, export.STAGE, report.STAGE)
+STAGES = (collect.STAGE, prepare.STAGE, synth.STAGE, tokenize.STAGE, train.STAGE, base.STAGE, finetune.STAGE,
+          evaluate.STAGE, export.STAGE, report.STAGE)
 STAGE_NAMES = tuple(s.name for s in STAGES)

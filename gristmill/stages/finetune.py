@@ -55,7 +55,7 @@ def _lm_tokens(ctx: StageContext, cfg: FinetuneConfig, tokenizer: Any) -> tuple[
         from gristmill.formats.vocab import EOT_ID
         from gristmill.tokenizer.bpe import encode_documents
 
-        texts = [d.text for d in read_documents(ctx.input_dir("prepare") / "val.jsonl")]
+        texts = [d.text for d in read_documents(ctx.input_dir("prepare"), "val")]
         ids: list[int] = []
         for doc_ids in encode_documents(tokenizer, texts):
             ids += doc_ids + [EOT_ID]
@@ -239,7 +239,7 @@ def run(ctx: StageContext, cfg: FinetuneConfig) -> dict[str, Any]:
                      "unit": "nats per assistant token"},
         "lm_val": None if before["lm"] is None else {
             "before": _rounded(before["lm"]), "after": _rounded(after_lm),
-            "split": "tokenize/val.bin" if cfg.start_from == "train" else "prepare/val.jsonl",
+            "split": "tokenize/val.bin" if cfg.start_from == "train" else "prepare/val",
             "max_tokens": cfg.lm_eval_tokens},
     }
     write_json(ctx.out_dir / "eval.json", result)
@@ -318,25 +318,20 @@ def report(rc: ReportContext) -> str:
 
 
 def answers_section(rc: ReportContext, ft: dict[str, Any]) -> str:
-    """Every model's greedy answer to the same chat prompts, side by side."""
+    """The greedy answers to the chat prompts before and after fine-tuning, when the evaluate stage has not
+    put every model's answers side by side (its section does when it ran)."""
     from gristmill.report.markdown import clip, read_json_or_none, table
 
     ev = read_json_or_none(rc.stage_dir("evaluate") / "eval.json")
-    pre = {a["prompt"]: a["answer"] for a in (ev or {}).get("chat_answers") or [] if isinstance(a, dict)}
-    start = (rc.manifests.get("finetune") or {}).get("stats", {}).get("start_from", "train")
-    base_name = "imported base model" if start == "base" else "pre-trained model"
+    if isinstance(ev, dict) and any((m or {}).get("chat_answers") for m in (ev.get("models") or {}).values()):
+        return ""
     parts = []
     for a in ft.get("answers") or []:
-        rows = []
-        if start == "base" and a["prompt"] in pre:
-            rows.append(["pre-trained (this run, not chat-tuned)", clip(pre[a["prompt"]], 400)])
-        rows += [[f"{base_name}, before fine-tuning", clip(a["before"], 400)],
-                 ["fine-tuned", clip(a["after"], 400)]]
+        rows = [["before fine-tuning", clip(a["before"], 400)], ["fine-tuned", clip(a["after"], 400)]]
         parts.append(f"**{a['prompt']}**\n\n" + table(["model", "answer (greedy)"], rows) + "\n")
     if not parts:
         return ""
-    return "### Answers side by side\n\nThe same chat prompts, answered greedily by each model of the run.\n\n" + \
-        "\n".join(parts)
+    return "### Answers before and after\n\nThe same chat prompts, answered greedily.\n\n" + "\n".join(parts)
 
 
 def summary(manifest: dict[str, Any], run_dir: Path) -> list[str]:

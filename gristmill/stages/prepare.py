@@ -1,9 +1,11 @@
-"""prepare: collect's documents through the steps into ``train.jsonl`` and ``val.jsonl``; every
-document a step drops goes to ``dropped.jsonl`` as ``{"step", "reason", "document"}``.
+"""prepare: collect's documents through the steps into the ``train/`` and ``val/`` document shards; every
+document a step drops goes to ``dropped/`` as ``{"step", "reason", "document"}`` rows.
 
-Documents stream through the steps one at a time (only deduplication keeps state: a hash per document),
-and the three files are written atomically. Every input document ends up in exactly one of them; the
-stage checks that each step's counts add up, so a step that loses documents is caught at once.
+Documents stream through the steps one at a time, in collect's order (only deduplication keeps state: a
+hash per document), and each split is written as numbered Parquet shards, each one atomically. Every
+input document ends up in exactly one split; the stage checks that each step's counts add up, so a step
+that loses documents is caught at once. It runs in one process: exact deduplication needs every document
+seen before the one at hand.
 """
 
 from __future__ import annotations
@@ -11,19 +13,20 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import ExitStack
-from typing import IO, Any
+from typing import Any
 
-from gristmill.core.jsonl import QuarantineWriter
+from gristmill.core.progress import Progress
 from gristmill.core.stage import ReportContext, Stage
-from gristmill.core.workspace import StageContext, atomic_open
+from gristmill.core.workspace import StageContext
 from gristmill.curate.config import PrepareConfig
 from gristmill.data.step import StepStats, counted
 from gristmill.errors import InputError
 from gristmill.formats.document import Document, read_documents
 
 SPLITS = ("train", "val")
-DROPPED = "dropped.jsonl"
+DROPPED = "dropped"
+SHARD_ROWS = 50_000
+"""Documents per output shard, about (a new shard starts at the next row group past it)."""
 WARN_DROP_SHARE = 0.5
 """A step that drops more than this share of what it sees gets a warning naming its keys."""
 
@@ -31,24 +34,25 @@ WARN_DROP_SHARE = 0.5
 def run(ctx: StageContext, cfg: PrepareConfig) -> dict[str, Any]:
     """Clean, filter, deduplicate and split collect's documents. Returns per-step and per-split stats."""
     from gristmill.curate.build import build_steps
+    from gristmill.data.writers.parquet import DocumentWriter, QuarantineShardWriter
+    from gristmill.formats.document import count_documents
 
-    source = ctx.input_dir("collect") / "documents.jsonl"
+    source = ctx.input_dir("collect")
     steps = build_steps(cfg)
     started = time.perf_counter()
     n_in = 0
     splits = {name: {"documents": 0, "characters": 0, "sources": Counter()} for name in SPLITS}
-
-    with ExitStack() as files:
-        drop = QuarantineWriter(files.enter_context(atomic_open(ctx.out_dir / DROPPED, "w", encoding="utf-8")))
-        out: dict[str, IO[str]] = {
-            name: files.enter_context(atomic_open(ctx.out_dir / f"{name}.jsonl", "w", encoding="utf-8"))
-            for name in SPLITS
-        }
-
+    total = count_documents(source)
+    progress = Progress("prepare", total, 0, ctx.log, unit_name="documents in")
+    drop = QuarantineShardWriter(ctx.out_dir / DROPPED, max_rows=SHARD_ROWS)
+    out = {name: DocumentWriter(ctx.out_dir / name, max_rows=SHARD_ROWS) for name in SPLITS}
+    writers = [drop, *out.values()]
+    try:
         def documents() -> Iterator[Document]:
             nonlocal n_in
             for doc in read_documents(source):
                 n_in += 1
+                progress.add(units=1)
                 yield doc
 
         stats = [StepStats(name=step.name, quarantine=drop) for step in steps]
@@ -57,7 +61,9 @@ def run(ctx: StageContext, cfg: PrepareConfig) -> dict[str, Any]:
             docs = counted(step, docs, st)
         for doc in docs:
             split = doc.meta["split"]
-            out[split].write(doc.to_json() + "\n")
+            data = doc.text.encode("utf-8")
+            out[split].write(doc, len(data))
+            progress.add(documents=1, nbytes=len(data))
             s = splits[split]
             s["documents"] += 1
             s["characters"] += len(doc.text)
@@ -70,6 +76,14 @@ def run(ctx: StageContext, cfg: PrepareConfig) -> dict[str, Any]:
                 f"prepare: the {empty} split is empty ({kept} documents kept of {n_in}, "
                 f"val_fraction={cfg.val_fraction}); add documents or change prepare.val_fraction"
             )
+        for w in writers:
+            w.close()
+    except BaseException:
+        for w in writers:
+            w.abort()
+        raise
+    finally:
+        progress.close()
 
     for st in stats:
         ctx.log(f"[prepare] {st.name}: {_describe(st)}")
@@ -118,7 +132,7 @@ def report(rc: ReportContext) -> str:
     splits = stats.get("splits") or {}
     kept = ", ".join(f"{s.get('documents', 0):,} {name}" for name, s in splits.items())
     return (f"## Prepare\n\n{stats.get('documents_in', 0):,} documents in; kept {kept}. Each step's counts; every "
-            "dropped document is in `prepare/dropped.jsonl` with the step and reason.\n\n"
+            "dropped document is in `prepare/dropped/` with the step and reason.\n\n"
             + reason_table(["step", "seen", "kept", "changed", "dropped", "reasons"], rows) + "\n")
 
 

@@ -1,6 +1,6 @@
 """synth: synthetic instruction data in chat format, made from the prepared documents.
 
-Reads ``prepare/{train,val}.jsonl`` and writes ``train.jsonl`` (from train documents only),
+Reads prepare's ``train`` and ``val`` documents and writes ``train.jsonl`` (from train documents only),
 ``val.jsonl`` (from val documents only, so nothing leaks into evaluation) and ``rejected.jsonl``
 (``{"split", "reason", "task", "messages", "source_ids"}``). Each record is
 ``{"id", "task", "messages", "source_ids"}`` (docs/contracts.md). Output is a function of the documents,
@@ -109,10 +109,7 @@ def run(ctx: StageContext, cfg: SynthConfig) -> dict[str, Any]:
     all_rejected: list[dict[str, Any]] = []
     stats: dict[str, Any] = {}
     for split in ("train", "val"):
-        path = src / f"{split}.jsonl"
-        if not path.is_file():
-            raise InputError(f"{path} is missing: re-run `gristmill prepare`")
-        records, rejected, stats[split] = synthesize(read_documents(path), split, cfg, ctx.seed, dfilter)
+        records, rejected, stats[split] = synthesize(read_documents(src, split), split, cfg, ctx.seed, dfilter)
         write_jsonl(ctx.out_dir / f"{split}.jsonl", records)
         all_rejected += rejected
         s = stats[split]

@@ -1,6 +1,6 @@
 """tokenize: train a byte-level BPE tokenizer on the prepared text and write flat token files.
 
-Reads ``prepare/{train,val}.jsonl`` and writes ``tokenizer.json``, ``train.bin``, ``val.bin`` and
+Reads prepare's ``train`` and ``val`` documents and writes ``tokenizer.json``, ``train.bin``, ``val.bin`` and
 ``meta.json`` (format in docs/contracts.md).
 """
 
@@ -14,13 +14,13 @@ from typing import Any
 from gristmill.core.stage import ReportContext, Stage
 from gristmill.core.workspace import StageContext, write_json
 from gristmill.errors import InputError
-from gristmill.formats.document import read_documents
+from gristmill.formats.document import document_files, read_documents
 from gristmill.tokenizer.config import TokenizeConfig
 
 
-def _texts(path: Path, max_bytes: int | None = None) -> Iterator[str]:
+def _texts(src: tuple[Path, str], max_bytes: int | None = None) -> Iterator[str]:
     seen = 0
-    for doc in read_documents(path):
+    for doc in read_documents(*src):
         if max_bytes is not None and seen >= max_bytes:
             return
         seen += len(doc.text.encode("utf-8"))
@@ -39,13 +39,12 @@ def run(ctx: StageContext, cfg: TokenizeConfig) -> dict[str, Any]:
     )
 
     src = ctx.input_dir("prepare")
-    paths = {split: src / f"{split}.jsonl" for split in ("train", "val")}
-    for p in paths.values():
-        if not p.is_file():
-            raise InputError(f"{p} is missing: re-run `gristmill prepare`")
+    paths = {split: (src, split) for split in ("train", "val")}
+    for split in paths:
+        document_files(src, split)  # an InputError naming the stage to re-run if a split is missing
     if next(_texts(paths["train"]), None) is None:
         raise InputError(
-            f"{paths['train']} has no documents: check the prepare filters and the collect sources"
+            f"{src / 'train'} has no documents: check the prepare filters and the collect sources"
         )
 
     t0 = time.time()

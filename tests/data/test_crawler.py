@@ -311,3 +311,33 @@ def test_normalize_url() -> None:
     assert normalize_url("https://example.org") == "https://example.org/"
     assert normalize_url("https://Bücher.example/straße?q=ä b") == "https://xn--bcher-kva.example/stra%C3%9Fe?q=%C3%A4%20b"
     assert normalize_url("https://example.org/a%20b") == "https://example.org/a%20b"  # not encoded twice
+
+
+def test_crawl_source_through_the_collect_stage_resumes_and_extends(site: Site, tmp_path: Path) -> None:
+    """A crawl source in a recipe: its state lives in collect/crawl/<name>/, a larger max_pages extends the
+    crawl without fetching a page twice, and a changed scope starts it over."""
+    from gristmill.core.workspace import StageContext
+    from gristmill.data.config import CollectConfig
+    from gristmill.formats.document import read_documents, read_quarantine
+    from gristmill.stages.collect import run as run_collect
+
+    ctx = StageContext(run_dir=tmp_path, stage="collect", seed=1, log=lambda m: None)
+    ctx.out_dir.mkdir()
+    base = source(site).model_dump(mode="json")
+
+    def run(**kw: object) -> tuple[dict, list, list]:
+        stats = run_collect(ctx, CollectConfig(sources=[{**base, **kw}]))
+        return stats, list(read_documents(ctx.out_dir)), list(read_quarantine(ctx.out_dir))
+
+    stats, docs, _ = run(max_pages=4, concurrency=1)
+    assert len(docs) == stats["documents"] == stats["sources"]["web"]["documents"] >= 3
+    assert (ctx.out_dir / "crawl" / "web" / "state.json").is_file()
+    assert all(d.provenance.retrieved_at and d.provenance.retrieved_at.endswith("Z") for d in docs)
+    fetched = [p for p in site.paths() if p not in ("/robots.txt", "/sitemap.xml")]
+    stats, docs, quarantine = run(max_pages=50)
+    assert {d.provenance.uri for d in docs} >= {f"{site.base}/", f"{site.base}/a", f"{site.base}/unlinked"}
+    assert len(docs) == 9 and {q["reason"] for q in quarantine} == {"http_status", "not_text", "redirect_loop", "robots"}
+    once = [p for p in site.paths() if p not in RETRIED + ("/robots.txt", "/sitemap.xml")]
+    assert len(once) == len(set(once)) and set(fetched) <= set(once), "a page was fetched twice"
+    stats, docs, _ = run(max_pages=50, max_depth=0, use_sitemaps=False)  # another scope: a new crawl
+    assert [d.provenance.uri for d in docs] == [f"{site.base}/"]

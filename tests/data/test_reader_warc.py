@@ -277,3 +277,45 @@ def test_web_readers_import_no_torch_and_no_parser() -> None:
             "heavy = [m for m in ('torch', 'fastwarc', 'warcio', 'resiliparse', 'trafilatura') if m in sys.modules]; "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_the_samples_through_the_collect_stage(samples: list[Path], tmp_path: Path) -> None:
+    """Every sample archive, malformed ones included, as one warc source of the collect stage."""
+    from gristmill.core.workspace import StageContext
+    from gristmill.data.config import CollectConfig
+    from gristmill.formats.document import read_documents, read_quarantine
+    from gristmill.stages.collect import run as run_collect
+
+    ctx = StageContext(run_dir=tmp_path, stage="collect", seed=1, log=lambda m: None)
+    ctx.out_dir.mkdir()
+    src = {"name": "web", "type": "warc", "path": str(samples[0].parent), "license": "CC0"}
+    stats = run_collect(ctx, CollectConfig(sources=[src], input_shard_mb=0.5, workers=1))
+    docs, quarantine = list(read_documents(ctx.out_dir)), list(read_quarantine(ctx.out_dir))
+    expected = Counter()
+    for _, reasons in EXPECTED.values():
+        expected.update(reasons)
+    assert len(docs) == sum(n for n, _ in EXPECTED.values()) == stats["documents"]
+    assert Counter(q["reason"] for q in quarantine) == expected
+    assert stats["sources"]["web"]["quarantined"] == dict(sorted(expected.items()))
+    assert stats["sources"]["web"]["records"] == len(docs) + sum(n for r, n in expected.items() if r in RECORD_REASONS)
+    assert stats["sources"]["web"]["shards"] > 1 and stats["sources"]["web"]["files_read"] == len(samples)
+    home = next(d for d in docs if d.provenance.uri == "http://www.iana.org/")
+    assert home.provenance.retrieved_at == home.meta["warc_date"] and home.provenance.sha256
+    assert stats["licenses"] == {"CC0": {"documents": len(docs), "bytes": sum(len(d.text.encode()) for d in docs)}}
+
+
+def test_main_content_off_keeps_more_text_and_drops_the_page_frame(samples: list[Path]) -> None:
+    iana = [p for p in samples if p.name == "iana.warc.gz"]
+    main, _, _ = read(iana)
+    plain, _, _ = read(iana, main_content=False)
+    assert [d.id for d in main] == [d.id for d in plain]
+    assert sum(len(d.text) for d in plain) >= sum(len(d.text) for d in main)
+    page = HTML.replace("<body>", "<body><nav>Home | About | Contact</nav>").replace(
+        "</body>", "<footer>Copyright the mill</footer></body>").format(t="Mill", p=PARA)
+    from gristmill.data.readers.warc import WebText
+
+    text, _ = WebText(WarcSource(name="w", path="x", main_content=False), "test").text(
+        page.encode(), "text/html", "utf-8", None)
+    assert "café by the mill pond" in text and "About" not in text and "Copyright" not in text
+    with pytest.raises(ValueError, match="main_content: false needs extractor: resiliparse"):
+        WarcSource(name="w", path="x", extractor="trafilatura", main_content=False)

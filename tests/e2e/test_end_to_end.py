@@ -56,13 +56,16 @@ def test_summary_names_model_report_and_serve_command(quick_run):
     assert "bits per byte" in proc.stdout
     assert "report.md" in proc.stdout
     assert f"gristmill serve {run_dir.relative_to(run_dir.parent.parent)}" in proc.stdout
-    ev = json.loads((run_dir / "evaluate" / "eval.json").read_text())
+    evs = json.loads((run_dir / "evaluate" / "eval.json").read_text())["models"]
+    assert set(evs) == {"train", "finetune"}
+    ev = evs["train"]
     assert 0 < ev["bits_per_byte"] < 16
     # one metric on one token set everywhere: the base model's whole-split bits per byte is the same
     # number in train's stats, evaluate's eval.json and finetune's "before"
     train = json.loads((run_dir / "train" / "manifest.json").read_text())["stats"]
     ft = json.loads((run_dir / "finetune" / "manifest.json").read_text())["stats"]
-    assert ev["bits_per_byte"] == train["val_bits_per_byte"] and ev["tokens"] == train["val_tokens"]
+    assert abs(ev["bits_per_byte"] - train["val_bits_per_byte"]) < 1e-4 and ev["tokens"] == train["val_tokens"]
+    assert evs["finetune"]["tokens"] == ev["tokens"]  # the fine-tuned model read the same text, same tokenizer
     assert ft["lm_val_tokens"] == train["val_tokens"]
     assert abs(ft["lm_val_bpb_before"] - train["val_bits_per_byte"]) < 1e-4
     assert f"pre-trained model validation bits per byte {train['val_bits_per_byte']:.3f}" in proc.stdout
@@ -132,3 +135,15 @@ def test_served_model_answers_over_http(quick_run):
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=20)
+
+
+def test_show_docs_prints_counts_and_documents_of_the_store(quick_run):
+    cwd, run_dir, _ = quick_run
+    out = gristmill("show-docs", str(run_dir), "collect", "-n", "1", cwd=cwd)
+    assert out.returncode == 0, out.stderr
+    assert "documents: 14 documents in 2 shard(s); by source: wikipedia 12, shakespeare 2" in out.stdout
+    assert "quarantine:" in out.stdout and "redirect" in out.stdout and "licence CC BY-SA 3.0" in out.stdout
+    out = gristmill("show-docs", str(run_dir), "prepare", "--split", "dropped", cwd=cwd)
+    assert out.returncode == 0 and "train:" in out.stdout and "val:" in out.stdout, out.stderr
+    bad = gristmill("show-docs", str(run_dir), "train", cwd=cwd)
+    assert bad.returncode == 2 and "show-docs reads collect or prepare" in bad.stderr

@@ -93,5 +93,5 @@ def test_skip_names_stages_and_a_running_stage_may_not_read_a_skipped_one():
     chat = load_recipe("chat")
     check_recipe(chat, [n for n in STAGE_NAMES if n not in chat.skip])  # fine-tunes the base, reads no train
     r = load_recipe("quick", ["skip=[train]"])
-    with pytest.raises(ConfigError, match="evaluate reads train, which skip lists"):
+    with pytest.raises(ConfigError, match="finetune reads train, which skip lists"):
         check_recipe(r, [n for n in STAGE_NAMES if n not in r.skip])

@@ -3,7 +3,6 @@ later, empty recipes and sources, secrets; and the light start-up of the command
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import yaml
 
 from gristmill.core.config import parse_override
 from gristmill.errors import ConfigError
+from gristmill.formats.document import read_quarantine
 from gristmill.pipeline.recipe import load_recipe
 
 
@@ -77,7 +77,7 @@ def test_an_empty_recipe_fails_without_writing(tmp_path: Path) -> None:
 
 
 def test_a_source_that_yields_no_documents_fails_at_collect_with_its_reasons(tmp_path: Path) -> None:
-    recipe = small_recipe(tmp_path, {"fortune1": "A quote without an extension.\n", "fortune2": "Another.\n"})
+    recipe = small_recipe(tmp_path, {"scan.pdf": "%PDF-1.4\n", "photo.png": "not text\n"})
     os.symlink(tmp_path / "texts" / "gone", tmp_path / "texts" / "dangling.txt")
     err = one_line_error(gristmill("run", str(recipe), cwd=tmp_path))
     assert "collect source 'notes'" in err and "0 documents" in err
@@ -98,7 +98,7 @@ def test_a_broken_link_beside_good_files_is_quarantined_with_its_reason(tmp_path
     ctx.out_dir.mkdir(parents=True)
     stats = run_collect(ctx, CollectConfig.model_validate({"sources": [{"name": "n", "path": str(folder)}]}))
     assert stats["documents"] == 1 and stats["sources"]["n"]["quarantined"] == {"broken_symlink": 1}
-    q = [json.loads(line) for line in (ctx.out_dir / "quarantine.jsonl").read_text().splitlines()]
+    q = list(read_quarantine(ctx.out_dir))
     assert q[0]["reason"] == "broken_symlink" and "does not exist" in q[0]["document"]["meta"]["detail"]
 
 
@@ -106,13 +106,13 @@ def test_a_corrupted_output_is_named_and_its_stage_runs_again(tmp_path: Path) ->
     recipe = small_recipe(tmp_path, {"a.txt": "One document of text.\n", "b.txt": "Another document.\n"})
     first = gristmill("collect", str(recipe), cwd=tmp_path)
     assert first.returncode == 0, first.stderr
-    docs = tmp_path / "runs" / "small" / "collect" / "documents.jsonl"
+    docs = tmp_path / "runs" / "small" / "collect" / "documents" / "00000.parquet"
     good = docs.read_bytes()
-    docs.write_bytes(good.replace(b"One", b"Onf"))
+    docs.write_bytes(good[:100] + bytes([good[100] ^ 0xFF]) + good[101:])
     again = gristmill("collect", str(recipe), cwd=tmp_path)
     assert again.returncode == 0, again.stderr
-    assert "documents.jsonl changed since the stage wrote it" in again.stderr
-    assert docs.read_bytes() == good
+    assert "documents/00000.parquet changed since the stage wrote it" in again.stderr
+    assert docs.read_bytes() == good  # the shard is made again, byte for byte
     cached = gristmill("collect", str(recipe), cwd=tmp_path)
     assert "up to date, skipped" in cached.stderr
 

@@ -32,17 +32,18 @@ def test_every_model_of_two_runs_with_the_numbers_their_files_hold(runs: Path):
         ("small", "train", "pre-trained"), ("small", "finetune", "fine-tuned"), ("other", "finetune", "fine-tuned")]
     pre, fine, other_fine = entries
     train = read(small / "train" / "manifest.json")["stats"]
-    ev, ft = read(small / "evaluate" / "eval.json"), read(small / "finetune" / "eval.json")
-    # the pre-trained model: evaluate's whole-split metrics and train's own figures
-    assert (pre.text_val.loss, pre.text_val.perplexity, pre.text_val.bits_per_byte, pre.text_val.tokens) == (
-        ev["loss"], ev["perplexity"], ev["bits_per_byte"], ev["tokens"])
-    assert pre.text_val.source == "evaluate/eval.json"
+    evs, ft = read(small / "evaluate" / "eval.json")["models"], read(small / "finetune" / "eval.json")
+    # every model: evaluate's metrics on the same validation text; train's own figures
+    for entry, ev in ((pre, evs["train"]), (fine, evs["finetune"])):
+        assert (entry.text_val.loss, entry.text_val.perplexity, entry.text_val.bits_per_byte,
+                entry.text_val.tokens) == (ev["loss"], ev["perplexity"], ev["bits_per_byte"], ev["tokens"])
+    assert pre.text_val.source == "evaluate/eval.json: models.train"
+    assert evs["train"]["tokens"] == evs["finetune"]["tokens"]  # the same tokenizer, the same text
     assert (pre.parameters, pre.steps, pre.train_seconds, pre.tokens_seen) == (
         train["parameters"], 20, train["train_seconds"], train["tokens_seen"])
-    # chat loss before/after and text metrics after fine-tuning: finetune/eval.json, the same tokens
+    # chat loss before/after fine-tuning: finetune/eval.json
     assert pre.chat_val.loss == ft["chat_val"]["before"]["loss"]
     assert fine.chat_val.loss == ft["chat_val"]["after"]["loss"]
-    assert fine.text_val.bits_per_byte == ft["lm_val"]["after"]["bits_per_byte"] and fine.text_val.tokens == 4096
     assert fine.steps == 6 and fine.started_from == "train/model" and fine.parameters == train["parameters"]
     # the other run: fine-tuned for 3 steps, its own numbers
     other_ft = read(other / "finetune" / "eval.json")
@@ -56,11 +57,9 @@ def test_the_terminal_table_lines_up_the_numbers_of_each_model(runs: Path, capsy
     out = capsys.readouterr().out.splitlines()
     assert cells(out[0]) == ["small pre-trained", "small fine-tuned", "other pre-trained", "other fine-tuned"]
     rows = {cells(line)[0]: cells(line)[1:] for line in out[2:] if line and not line.startswith("Loss")}
-    ev = read(small / "evaluate" / "eval.json")
+    evs = [read(r / "evaluate" / "eval.json")["models"] for r in (small, other)]
     fts = [read(r / "finetune" / "eval.json") for r in (small, other)]
-    assert rows["text val bits per byte"] == [fmt(ev["bits_per_byte"]), fmt(fts[0]["lm_val"]["after"]["bits_per_byte"]),
-                                              fmt(read(other / "evaluate" / "eval.json")["bits_per_byte"]),
-                                              fmt(fts[1]["lm_val"]["after"]["bits_per_byte"])]
+    assert rows["text val bits per byte"] == [fmt(ev[m]["bits_per_byte"]) for ev in evs for m in ("train", "finetune")]
     assert rows["chat val loss (nats/assistant token)"] == [
         fmt(f["chat_val"][k]["loss"]) for f in fts for k in ("before", "after")]
     assert rows["training steps"] == ["20", "6", "20", "3"]
@@ -101,7 +100,8 @@ def test_task_suite_scores_in_evaluate_become_rows(runs: Path, tmp_path: Path):
     run = shutil.copytree(runs / "runs" / "small", tmp_path / "tasks")
     ev = read(run / "evaluate" / "eval.json")
     # a task-suite block as the evaluation harness writes it, and a plain {task: {metric: value}} one
-    ev["tasks"] = {"hellaswag": {"task": "hellaswag", "file": "tasks/hellaswag.yaml", "items": 100, "num_fewshot": 0,
+    ev["models"]["finetune"]["tasks"] = {}
+    ev["models"]["train"]["tasks"] = {"hellaswag": {"task": "hellaswag", "file": "tasks/hellaswag.yaml", "items": 100, "num_fewshot": 0,
                                  "seconds": 1.5, "metrics": {"acc": {"value": 0.25, "stderr": 0.0435},
                                                              "acc_norm": {"value": 0.3, "stderr": None}}},
                    "arc_easy": {"acc": 0.4, "detail": {"k": 1}, "note": "not a score"}}

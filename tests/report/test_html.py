@@ -33,8 +33,11 @@ def hostile_run(runs: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     link to elsewhere (models write arbitrary text), with the page built again."""
     run = shutil.copytree(runs / "runs" / "small", tmp_path_factory.mktemp("hostile") / "hostile")
     ev = read(run / "evaluate" / "eval.json")
-    ev["samples"][0]["completion"] = HOSTILE
-    ev["tasks"] = {"hellaswag": {"acc": 0.25, "acc_norm": 0.3}, "<i>odd</i>": {"acc": 0.5}}  # a task suite's scores
+    ev["models"]["train"]["samples"][0]["completion"] = HOSTILE
+    ev["models"]["finetune"]["chat_answers"][0]["answer"] = HOSTILE
+    # a task suite's scores
+    ev["models"]["train"]["tasks"] = {"hellaswag": {"acc": 0.25, "acc_norm": 0.3}, "<i>odd</i>": {"acc": 0.5}}
+    ev["models"]["finetune"]["tasks"] = {}
     write_json(run / "evaluate" / "eval.json", ev)
     ft = read(run / "finetune" / "eval.json")
     ft["answers"][0]["after"] = HOSTILE
@@ -182,15 +185,15 @@ def test_chromium_shows_the_plots_and_tables_offline(browser, hostile_run: Path,
 
     header = [c.strip() for c in page.locator("#models thead th").all_text_contents()]
     assert header == ["", "hostile pre-trained", "hostile fine-tuned"]
-    ev, ft = read(hostile_run / "evaluate" / "eval.json"), read(hostile_run / "finetune" / "eval.json")
-    assert row("models", "text val bits per byte")[1:] == [fmt(ev["bits_per_byte"]),
-                                                           fmt(ft["lm_val"]["after"]["bits_per_byte"])]
-    assert row("evaluation", "bits per byte") == ["bits per byte", fmt(ev["bits_per_byte"])]
+    ev, ft = read(hostile_run / "evaluate" / "eval.json")["models"], read(hostile_run / "finetune" / "eval.json")
+    bpb = [fmt(ev["train"]["bits_per_byte"]), fmt(ev["finetune"]["bits_per_byte"])]
+    assert row("models", "text val bits per byte")[1:] == bpb
+    assert row("evaluation", "bits per byte") == ["bits per byte", *bpb]
     assert row("evaluation", "chat val: loss (nats/token)")[1:3] == [
         fmt(ft["chat_val"]["before"]["loss"]), fmt(ft["chat_val"]["after"]["loss"])]
     assert page.locator("#reading li").count() >= 1
-    assert row("evaluation", "hellaswag") == ["hellaswag", "0.2500", "0.3000"]
-    assert row("evaluation", "<i>odd</i>") == ["<i>odd</i>", "0.5000", "–"]
+    assert row("evaluation", "hellaswag: acc_norm") == ["hellaswag: acc_norm", "0.3000", "–"]
+    assert row("evaluation", "<i>odd</i>: acc") == ["<i>odd</i>: acc", "0.5000", "–"]
     assert row("models", "task hellaswag: acc_norm")[1:] == ["0.3000", "–"]
 
     # the model's markup is shown as text, not run or fetched

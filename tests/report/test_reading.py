@@ -51,9 +51,9 @@ def test_set_aside_shares_name_the_file_to_inspect(tmp_path: Path):
     texts = [f.text for f in read_run(tmp_path, manifests)]
     assert texts == [
         f"3 of 10 records collect read were quarantined (30%: redirect 2, unreadable 1): inspect "
-        f"{tmp_path / 'collect/quarantine.jsonl'} to check that is intended.",
+        f"{tmp_path / 'collect/quarantine'} to check that is intended.",
         f"3 of 6 documents were dropped by prepare's dedup step (50%: exact_duplicate 3): inspect "
-        f"{tmp_path / 'prepare/dropped.jsonl'} to check that is intended."]
+        f"{tmp_path / 'prepare/dropped'} to check that is intended."]
 
 
 def test_fine_tuning_that_costs_text_modelling_suggests_lora_when_it_is_off(tmp_path: Path):

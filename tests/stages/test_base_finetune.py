@@ -50,19 +50,23 @@ def test_a_run_fine_tunes_an_imported_model(tmp_path: Path, monkeypatch) -> None
         "finetune": {"start_from": "base", "max_steps": 3, "batch_size": 4, "warmup_steps": 1, "eval_every": 0,
                      "checkpoint_every": 0, "lm_eval_tokens": 512, "sample_tokens": 8, "progress": False,
                      "sample_prompts": ["Who was Hamlet?"]},
+        "evaluate": {"max_chars": 3000, "task_items": 10, "max_new_tokens": 8, "chat_prompts": ["Who was Hamlet?"]},
     }))
     recipe = load_recipe(str(recipe_file))
-    m = run_pipeline(recipe, only=["collect", "prepare", "synth", "base", "finetune", "report"])
+    m = run_pipeline(recipe, only=["collect", "prepare", "synth", "base", "finetune", "evaluate", "report"])
     run = tmp_path / "runs" / "frombase"
     assert m["base"]["stats"]["parameters"] > 0 and (run / "base" / "model" / "import.json").is_file()
     stats = m["finetune"]["stats"]
     assert stats["start_from"] == "base" and stats["steps"] == 3
     assert stats["lm_val_tokens"] == 512  # the validation documents, encoded with the base model's tokenizer
     ev = json.loads((run / "finetune" / "eval.json").read_text())
-    assert ev["base_model"] == "base/model" and ev["lm_val"]["split"] == "prepare/val.jsonl"
+    assert ev["base_model"] == "base/model" and ev["lm_val"]["split"] == "prepare/val"
     assert [a["prompt"] for a in ev["answers"]] == ["Who was Hamlet?"]
     report = (run / "report" / "report.md").read_text()
     assert "## Base model" in report and "### Answers side by side" in report
+    # evaluate scored the imported and the fine-tuned model on the same text, with the same prompts
+    scored = json.loads((run / "evaluate" / "eval.json").read_text())["models"]
+    assert set(scored) == {"base", "finetune"} and scored["base"]["bytes"] == scored["finetune"]["bytes"]
     from gristmill.model.io import resolve_model_dir
 
     assert resolve_model_dir(run) == run / "finetune" / "model"

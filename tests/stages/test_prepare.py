@@ -1,6 +1,5 @@
 """prepare on real collected data (a slice of the Wikipedia dump, Shakespeare) and step by step."""
 
-import json
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from gristmill.curate.split import split_of
 from gristmill.data.config import CollectConfig
 from gristmill.data.step import StepStats
 from gristmill.errors import ConfigError, InputError
-from gristmill.formats.document import Document, Provenance, read_documents
+from gristmill.formats.document import Document, Provenance, read_documents, read_quarantine
 from gristmill.stages.collect import run as run_collect
 from gristmill.stages.prepare import run as run_prepare
 
@@ -46,9 +45,9 @@ def collected(run_dir: Path, *sources: dict) -> StageContext:
 
 
 def outputs(ctx: StageContext) -> tuple[list[Document], list[Document], list[dict]]:
-    train = list(read_documents(ctx.out_dir / "train.jsonl"))
-    val = list(read_documents(ctx.out_dir / "val.jsonl"))
-    dropped = [json.loads(line) for line in (ctx.out_dir / "dropped.jsonl").open(encoding="utf-8")]
+    train = list(read_documents(ctx.out_dir, "train"))
+    val = list(read_documents(ctx.out_dir, "val"))
+    dropped = list(read_quarantine(ctx.out_dir, "dropped"))
     return train, val, dropped
 
 
@@ -67,7 +66,7 @@ def real(tmp_path_factory):
 def test_every_document_ends_up_in_train_val_or_dropped(real):
     ctx, stats = real
     train, val, dropped = outputs(ctx)
-    collected_ids = [d.id for d in read_documents(ctx.input_dir("collect") / "documents.jsonl")]
+    collected_ids = [d.id for d in read_documents(ctx.input_dir("collect"))]
     assert stats["documents_in"] == len(collected_ids) == 25 + 2 * 77
     assert len(train) + len(val) + len(dropped) == len(collected_ids)
     assert sorted([d.id for d in train + val] + [r["document"]["id"] for r in dropped]) == sorted(collected_ids)
@@ -201,4 +200,4 @@ def test_an_empty_split_and_a_missing_collect_are_errors(tmp_path):
     ctx = collected(tmp_path / "run", {"name": "one", "path": str(folder)})
     with pytest.raises(InputError, match=r"the (val|train) split is empty .*prepare.val_fraction"):
         run_prepare(ctx, prepare_config(min_chars=0, min_words=0, val_fraction=0.5))
-    assert not (ctx.out_dir / "train.jsonl").exists()  # a failed stage leaves no half-written outputs
+    assert not list(ctx.out_dir.rglob("*.parquet"))  # a failed stage leaves no half-written outputs

@@ -72,11 +72,12 @@ def run_dir(tmp_path: Path) -> Path:
         "steps": 6, "max_steps": 10, "stopped_by": "time_budget", "val_loss": 3.3, "val_tokens": 200,
         "curve_val_tokens": 128, "nested": {"deeper": {"value": 1.23456}}, "device": "cpu"}, 12.0))
     # evaluate and finetune eval files
-    write_json(run / "evaluate" / "eval.json", {
+    write_json(run / "evaluate" / "eval.json", {"models": {"train": {
         "loss": 3.4, "perplexity": 29.96, "bits_per_byte": 1.3579, "tokens": 199, "bytes": 720, "capped": False,
-        "sampling": {"temperature": 0.8, "top_k": 50},
-        "samples": [{"prompt": "To be", "completion": ", or not | ```code```", "finish_reason": "length"}]})
-    write_json(run / "evaluate" / "manifest.json", manifest("evaluate", {"bits_per_byte": 1.3579}, 2.0))
+        "samples": [{"prompt": "To be", "completion": ", or not | ```code```", "finish_reason": "length"}]}},
+        "sampling": {"temperature": 0.8, "top_k": 50}})
+    write_json(run / "evaluate" / "manifest.json", manifest("evaluate", {"models": {"train": {
+        "bits_per_byte": 1.3579, "loss": 3.4, "tokens": 199, "bytes": 720, "tasks": {}}}}, 2.0))
     write_jsonl(run / "finetune" / "metrics.jsonl", [{"step": 1, "finetune/loss": 2.0},
                                                      {"step": 2, "finetune/loss": 1.5, "finetune/val_loss": 1.7}])
     write_json(run / "finetune" / "eval.json", {
@@ -128,7 +129,7 @@ def test_report_renders_every_section(run_dir: Path):
     assert "Fine-tuning raised the text bits per byte from 1.358 to 1.400 (+3.1%)" in md
     assert "| chat val loss (nats/assistant token) | 1.7000 |" in md.split("## Models")[1]
     assert stats["charts"] == ["finetune_loss.svg", "train_loss.svg"]
-    assert stats["stages_reported"] == ["collect", "prepare", "synth", "tokenize", "train", "evaluate", "finetune"]
+    assert stats["stages_reported"] == ["collect", "prepare", "synth", "tokenize", "train", "finetune", "evaluate"]
     for name in stats["charts"]:
         root = ET.fromstring((ctx.out_dir / name).read_text())  # well-formed XML
         assert root.tag.endswith("svg") and len(root.findall("{http://www.w3.org/2000/svg}polyline")) == 2

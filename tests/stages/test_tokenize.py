@@ -112,7 +112,7 @@ def test_run_tokenize_names_missing_input(tmp_path: Path) -> None:
     write_prepare(tmp_path, [], [])
     ctx = StageContext(run_dir=tmp_path, stage="tokenize", seed=1)
     ctx.out_dir.mkdir(parents=True)
-    with pytest.raises(InputError, match="train.jsonl has no documents"):
+    with pytest.raises(InputError, match="train has no documents"):
         run_tokenize(ctx, TokenizeConfig())
 
 

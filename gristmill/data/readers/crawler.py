@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 import urllib.error
 import urllib.request
@@ -80,7 +81,7 @@ MAX_RETRY_AFTER_S = 600.0
 MAX_CRAWL_DELAY_S = 300.0
 """A longer robots.txt Crawl-delay is taken as this: one page per five minutes is as slow as a crawl goes."""
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-UNRESUMABLE_KEYS = frozenset({"max_pages", "limit", "rate_per_host", "concurrency_per_host", "concurrency",
+UNRESUMABLE_KEYS = frozenset({"max_pages", "limit", "weight", "rate_per_host", "concurrency_per_host", "concurrency",
                               "timeout_s", "retries", "backoff_s"})
 """Config keys that may change between runs of one crawl; any other change makes the saved state stale."""
 URL_SAFE = "/%:@!$&'()*+,;=-._~"
@@ -618,6 +619,7 @@ class Crawler:
         except Unusable as u:
             return self._finish(task, stats, u.reason, u.detail, res=res, fetched=True, links=links)
         doc = self._doc(res.url, text, title)
+        doc.provenance.retrieved_at = res.fetched_at or None
         doc.meta.update(self._meta(task, res))
         lang = res.headers.get("content-language")
         if lang:
@@ -873,6 +875,23 @@ class Crawler:
         })
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
+
+
+def discard_stale_state(source: CrawlSource, state_dir: Path) -> bool:
+    """Delete a crawl's saved state if it was made with other scope keys (seeds, scope, depth ...) than
+    ``source`` has now: the recipe changed, so the crawl starts over. Returns whether it did."""
+    state_path = Path(state_dir) / STATE_FILE
+    if not state_path.is_file():
+        return False
+    try:
+        saved = json.loads(state_path.read_text(encoding="utf-8")).get("config")
+    except (OSError, ValueError, AttributeError):
+        saved = None
+    current = source.model_dump(mode="json", exclude=set(UNRESUMABLE_KEYS))
+    if saved == current:
+        return False
+    shutil.rmtree(state_dir)
+    return True
 
 
 class _TooLarge(Exception):

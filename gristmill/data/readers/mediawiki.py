@@ -21,7 +21,7 @@ from urllib.parse import quote
 from mwparserfromhell.parser import ParserError
 
 from gristmill.data.config import MediaWikiSource
-from gristmill.data.readers.files import document_id
+from gristmill.data.readers.files import document_id, utc_iso
 from gristmill.data.readers.wikitext import DROP_LINK_NAMESPACES, wikitext_to_text
 from gristmill.data.step import StepStats
 from gristmill.formats.document import Document, Provenance
@@ -60,6 +60,7 @@ class MediaWikiReader:
         self.source = source
         self.files = files
         self.files_read = 0
+        self.bytes_read = 0
         self.skip_sections = frozenset(s.strip().lower() for s in source.skip_sections)
 
     def run(self, docs: Iterable[Document], stats: StepStats) -> Iterator[Document]:
@@ -70,6 +71,11 @@ class MediaWikiReader:
 
     def _read_dump(self, path: Path, stats: StepStats) -> Iterator[Document]:
         site = _Site(url_base=None, drop_namespaces=DROP_LINK_NAMESPACES)
+        try:
+            self.bytes_read += path.stat().st_size
+            retrieved_at = utc_iso(path.stat().st_mtime)  # when the dump was downloaded, near enough
+        except OSError:
+            retrieved_at = None
         try:
             with open_dump(path) as f:
                 events = iter(ET.iterparse(f, events=("start", "end")))
@@ -86,6 +92,7 @@ class MediaWikiReader:
                         # Drop the page (and every earlier sibling) from the tree: constant memory.
                         root.clear()
                         if doc is not None:
+                            doc.provenance.retrieved_at = retrieved_at
                             yield doc
         except ET.ParseError as e:
             stats.drop(self._file_stub(path, f"the XML is broken at line {e.position[0]}: {e.msg}"),

@@ -38,6 +38,9 @@ from gristmill.formats.document import Document, Provenance
 
 HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 """Content types that go through the HTML extractor; other accepted types are kept verbatim."""
+BOILERPLATE_ELEMENTS = ["nav", "header", "footer", "aside", "form", "[hidden]", "[aria-hidden=true]",
+                        "[role=navigation]", "[role=banner]", "[role=contentinfo]", "[role=complementary]"]
+"""CSS selectors of what ``main_content: false`` leaves out: the page's frame as HTML5 marks it."""
 READ_CHUNK = 1 << 16
 """Bytes read from an archive at a time (64 KiB): large enough to amortise calls, small enough to stream."""
 WEB_SCHEMES = ("http://", "https://")
@@ -183,8 +186,12 @@ class WebText:
             require("resiliparse", extra="web", feature=feature)
             from resiliparse.extract.html2text import extract_plain_text
 
+            main = options.main_content
+
             def _resiliparse(text: str, url: str | None) -> str | None:
-                return extract_plain_text(text, main_content=True)
+                if main:
+                    return extract_plain_text(text, main_content=True)
+                return extract_plain_text(text, main_content=False, skip_elements=BOILERPLATE_ELEMENTS)
 
             self._extract = _resiliparse
         else:
@@ -321,21 +328,27 @@ def sniff_format(path: Path) -> str | None:
 
 
 def _fastwarc_records(path: Path) -> Iterator[_Record]:
-    from fastwarc.warc import ArchiveIterator
+    from fastwarc.warc import ArchiveIterator, WarcRecordType
 
-    # A path (not a Python file object) lets FastWARC read and inflate in native code.
-    for rec in ArchiveIterator(str(path), parse_http=True):
-        kind = str(rec.record_type)
-        status_line = status = None
+    kinds = {int(getattr(WarcRecordType, k)): k for k in ("warcinfo", "response", "resource", "request", "metadata",
+                                                           "revisit", "conversion", "continuation")}
+    # A path (not a Python file object) lets FastWARC read and inflate in native code. HTTP headers are parsed
+    # only for the records that need them (responses and revisits), not for every request record.
+    for rec in ArchiveIterator(str(path), parse_http=False):
+        kind = kinds.get(int(rec.record_type)) or str(rec.record_type)
+        status_line = status = hh = None
         http_header = _no_header
-        hh = rec.http_headers if rec.is_http else None
-        if hh is not None and kind in ("response", "revisit"):
-            status_line, status = hh.status_line, hh.status_code
-            http_header = hh.get
+        if kind in ("response", "revisit") and rec.is_http:
+            rec.parse_http()
+            hh = rec.http_headers
+            if hh is not None:
+                status_line, status = hh.status_line, hh.status_code
+                http_header = hh.get
+        headers = rec.headers
         reader = rec.reader
-        yield _Record(offset=rec.stream_pos, kind=kind, uri=rec.headers.get("WARC-Target-URI"),
-                      record_id=rec.record_id, date=rec.headers.get("WARC-Date"), status_line=status_line,
-                      status=status, http_header=http_header, warc_header=rec.headers.get,
+        yield _Record(offset=rec.stream_pos, kind=kind, uri=headers.get("WARC-Target-URI"),
+                      record_id=rec.record_id, date=headers.get("WARC-Date"), status_line=status_line,
+                      status=status, http_header=http_header, warc_header=headers.get,
                       length=rec.content_length, read=reader.read, skip=reader.consume,
                       length_known=hh is None or hh.status_line is not None)
 
@@ -462,7 +475,9 @@ class WarcReader:
 
     def _record(self, rec: _Record, path: Path, stats: StepStats) -> Document | None:
         """The record's document, or None after quarantining it with its reason."""
-        drop = self._dropper(rec, path, stats)
+        def drop(reason: str, detail: str, status: int | None = None) -> None:
+            self._drop(rec, path, stats, reason, detail, status)
+
         uri = rec.uri or ""
         if rec.kind == "request":
             return drop("request", "an HTTP request record (the response is a record of its own)")
@@ -512,19 +527,17 @@ class WarcReader:
             doc.meta["warc_truncated"] = truncated  # cut by the archiver (length, time): kept, but marked
         return doc
 
-    def _dropper(self, rec: _Record, path: Path, stats: StepStats) -> Callable[..., None]:
-        def drop(reason: str, detail: str, status: int | None = None) -> None:
-            rec.skip_rest()  # reading to the end also tells a truncated file from a whole one
-            if rec.truncated and reason != "truncated":
-                # An incomplete record is counted as such whatever else it is, so a cut file shows in the counts.
-                detail = f"{rec.cut_detail()}, in a {rec.kind} record (which would have been dropped anyway: {detail})"
-                reason = "truncated"
-            stub = self._doc(rec, path, "", None)
-            stub.meta.update(self._meta(rec, path, None, status))
-            stub.meta["detail"] = detail
-            stats.drop(stub, reason)
-
-        return drop
+    def _drop(self, rec: _Record, path: Path, stats: StepStats, reason: str, detail: str,
+              status: int | None = None) -> None:
+        rec.skip_rest()  # reading to the end also tells a truncated file from a whole one
+        if rec.truncated and reason != "truncated":
+            # An incomplete record is counted as such whatever else it is, so a cut file shows in the counts.
+            detail = f"{rec.cut_detail()}, in a {rec.kind} record (which would have been dropped anyway: {detail})"
+            reason = "truncated"
+        stub = self._doc(rec, path, "", None)
+        stub.meta = self._meta(rec, path, None, status)
+        stub.meta["detail"] = detail
+        stats.drop(stub, reason)
 
     def _doc(self, rec: _Record, path: Path, text: str, title: str | None) -> Document:
         # The file name and offset locate the record; the record id tells apart records that share an
@@ -535,7 +548,7 @@ class WarcReader:
             text=text,
             source=self.source.name,
             provenance=Provenance(uri=rec.uri or str(path), reader=self.name, title=title,
-                                  license=self.source.license, record=str(rec.offset)),
+                                  license=self.source.license, record=str(rec.offset), retrieved_at=rec.date),
         )
 
     @staticmethod

@@ -231,7 +231,8 @@ def _training_row(phase: str, manifest: Mapping[str, Any]) -> list[Any]:
 
 def _evaluation_section(source: ExportSource, m: Manifests, stage: str | None, export: Mapping[str, Any]) -> str:
     parts = ["## Evaluation\n"]
-    ev, tr, ft = _stats(m, "evaluate"), _stats(m, "train"), _stats(m, "finetune")
+    tr, ft = _stats(m, "train"), _stats(m, "finetune")
+    ev = (_stats(m, "evaluate").get("models") or {}).get("train") or {}  # the pre-trained model's scores
     if stage in ("train", "finetune") and (ev.get("bits_per_byte") or tr.get("val_bits_per_byte")):
         src = ev if ev.get("bits_per_byte") else {"bits_per_byte": tr.get("val_bits_per_byte"),
                                                     "loss": tr.get("val_loss"), "perplexity": tr.get("val_perplexity"),
@@ -250,6 +251,12 @@ def _evaluation_section(source: ExportSource, m: Manifests, stage: str | None, e
                          _f(ft.get("lm_val_bpb_before")), _f(ft.get("lm_val_bpb_after"))])
         if rows:
             parts.append("Before and after fine-tuning:\n\n" + _table(["metric", "before", "after"], rows) + "\n")
+    mine = (_stats(m, "evaluate").get("models") or {}).get(stage or "") or {}
+    if mine.get("tasks"):
+        rows = [[f"{t}: {k}", _f(v)] for t, ms in mine["tasks"].items() for k, v in ms.items()]
+        parts.append(f"Task suite (the evaluate stage; built-in tasks are made from the run's held-out documents; "
+                     f"bits per byte on the validation text {_f(mine.get('bits_per_byte'))}):\n\n"
+                     + _table(["task: metric", "score"], rows) + "\n")
     checks = [(label, export.get(key)) for key, label in (("hf", "transformers folder"), ("gguf", "GGUF file"))]
     rows = [[label, c.get("checked_with", ""), c.get("tokens"), f"{c['max_abs_logit_diff']:.2e}",
              f"{c.get('argmax_agreement', 0):.0%}"]
