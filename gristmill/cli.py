@@ -160,7 +160,7 @@ def _serve_config(args: argparse.Namespace):
     recorded = Path(args.path) / "recipe.json"
     if recorded.is_file():
         data = dict(read_json(recorded).get("serve") or {})
-    for key in ("host", "port", "api_key_file", "model", "device", "max_batch", "max_queue"):
+    for key in ("host", "port", "api_key_file", "model", "device", "max_batch", "max_queue", "merge_adapter"):
         if getattr(args, key, None) is not None:
             data[key] = getattr(args, key)
     return validate(ServeConfig, data, "serve options")
@@ -175,6 +175,8 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
                         "(or set GRISTMILL_API_KEY)")
     p.add_argument("--max-batch", dest="max_batch", type=int, help="most sequences decoded together")
     p.add_argument("--max-queue", dest="max_queue", type=int, help="most requests waiting; more get 503")
+    p.add_argument("--no-merge", dest="merge_adapter", action="store_const", const=False,
+                   help="serve a LoRA adapter folder as base + adapter layers instead of merging them at load")
     p.add_argument("--api-key", dest="api_key", help="the key itself (visible to other users in the process "
                                                         "list: prefer --api-key-file or GRISTMILL_API_KEY)")
 

@@ -252,7 +252,7 @@ def create_app(model_dir: Path, cfg: ServeConfig | None = None, model_name: str 
     ``api_key``, else read as :func:`read_api_key` says; without one the API is open."""
     cfg = cfg or ServeConfig()
     model_dir = Path(model_dir)
-    model, tokenizer = load_for_inference(model_dir, resolve_device(cfg.device))
+    model, tokenizer = load_for_inference(model_dir, resolve_device(cfg.device), merge=cfg.merge_adapter)
     engine = Engine(model, tokenizer, EngineConfig(max_batch=cfg.max_batch, max_queue=cfg.max_queue,
                                                    prefill_chunk=cfg.prefill_chunk, max_seq_len=cfg.max_seq_len))
     metrics = Metrics(engine)

@@ -27,6 +27,9 @@ class ServeConfig(Config):
     """Tokens generated when a request does not say (max_tokens); also capped by the context window."""
     device: str = "auto"
     """auto, cpu, cuda or cuda:N."""
+    merge_adapter: bool = True
+    """A LoRA adapter model directory (``finetune.lora.merge: false``): fold the adapter into the base
+    weights when loading (as fast as the base); false serves the base with the adapter layers beside it."""
     max_batch: int = Field(32, ge=1)
     """Sequences generated together (continuous batching); a request with n choices takes n. Each holds a
     KV cache of up to max_seq_len tokens."""

@@ -47,6 +47,9 @@ class SourceGenerator(_Passages):
 
     type: Literal["source"]
     """``source``."""
+    answer: Literal["sentence", "bare"] = "sentence"
+    """``sentence``: a whole sentence naming the title (e.g. ``This passage is from the work "Hamlet".``);
+    ``bare``: the title alone (fine-tuning on bare names makes a chat model answer in names)."""
 
 
 class SpeakerGenerator(Config):
@@ -54,6 +57,9 @@ class SpeakerGenerator(Config):
 
     type: Literal["speaker"]
     """``speaker``."""
+    answer: Literal["sentence", "bare"] = "sentence"
+    """``sentence``: a whole sentence naming the speaker (e.g. ``These lines are spoken by HAMLET.``);
+    ``bare``: the name alone."""
     max_passage_chars: int = Field(500, ge=1)
     """Longest speech shown in a prompt, in characters (cut back to a sentence end)."""
     min_speech_chars: int = Field(40, ge=1)

@@ -108,6 +108,14 @@ def encyclopedic_qa(doc: Document, tc: TaskContext) -> Iterator[Draft]:
     yield Draft.single("qa", tc.rng.choice(QA_PROMPTS).format(t=tc.title), answer, doc)
 
 
+SOURCE_ANSWERS = ('This passage is from the {kind} "{title}".', 'It comes from "{title}".',
+                  'That is a passage from "{title}".')
+"""Whole-sentence answers (``answer: sentence``): a model tuned on bare titles learns to answer any
+question with a name."""
+SPEAKER_ANSWERS = ("{name} speaks these lines{where}.", "These lines are spoken by {name}{where}.",
+                   "They are {name}'s lines{where}.")
+
+
 def source_title(doc: Document, tc: TaskContext) -> Iterator[Draft]:
     """A passage from inside the document; the answer is the work's or article's title."""
     if not tc.title:
@@ -115,7 +123,9 @@ def source_title(doc: Document, tc: TaskContext) -> Iterator[Draft]:
     kind = "article" if doc.provenance.reader in tc.cfg.encyclopedic_readers else "work"
     for start in passage_starts(doc.text, tc, tc.gen.min_passage_chars):
         passage, _ = passage_at(doc.text, start, tc)
-        yield Draft.single("source", f"Which {kind} is this passage from?\n\n{passage}", tc.title, doc)
+        answer = (tc.title if tc.gen.answer == "bare"
+                  else tc.rng.choice(SOURCE_ANSWERS).format(kind=kind, title=tc.title))
+        yield Draft.single("source", f"Which {kind} is this passage from?\n\n{passage}", answer, doc)
 
 
 # A speaker's name as plays print it: "FIRST CITIZEN." on its own line (modern editions) or an indented
@@ -177,7 +187,8 @@ def play_speaker(doc: Document, tc: TaskContext) -> Iterator[Draft]:
     where = f" in {tc.title}" if tc.title else ""
     for name, speech in tc.rng.sample(turns, min(tc.n, len(turns))):
         speech = cut_to_boundary(speech, tc.gen.max_passage_chars)
-        yield Draft.single("speaker", f"Who speaks these lines{where}?\n\n{speech}", name, doc)
+        answer = name if tc.gen.answer == "bare" else tc.rng.choice(SPEAKER_ANSWERS).format(name=name, where=where)
+        yield Draft.single("speaker", f"Who speaks these lines{where}?\n\n{speech}", answer, doc)
 
 
 GENERATORS: dict[str, Generator] = {

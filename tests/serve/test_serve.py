@@ -326,3 +326,32 @@ def test_with_a_key_only_the_page_and_health_are_open(base: str):
         assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key", path
     r = httpx.get(f"{base}/no/such/path", headers=AUTH, timeout=10)
     assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"
+
+
+def test_an_unmerged_lora_adapter_serves_merged_or_as_layers(tiny_model_dir: Path, tmp_path: Path, monkeypatch):
+    """A LoRA fine-tune saved without merging (adapter + pointer to the base) serves either way, with the
+    same greedy answer, and differs from the base model it adapts."""
+    import torch
+    from fastapi.testclient import TestClient
+
+    from gristmill.model.io import load_model, save_adapter_model
+    from gristmill.model.lora import apply_lora, lora_layers
+    from gristmill.train.config import LoraConfig
+
+    monkeypatch.delenv("GRISTMILL_API_KEY", raising=False)
+    model = load_model(tiny_model_dir)
+    cfg = LoraConfig(enabled=True, rank=4, target_modules=["wq", "wv", "w_up"])
+    apply_lora(model, cfg)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for layer in lora_layers(model).values():
+            layer.lora_b.normal_(0, 0.5)
+    save_adapter_model(tmp_path / "adapter", model, cfg, tiny_model_dir, tiny_model_dir / "tokenizer.json")
+    req = {"prompt": "To be, or not", "max_tokens": 8, "temperature": 0}
+    texts = {}
+    for merge in (True, False):
+        with TestClient(create_app(tmp_path / "adapter", ServeConfig(device="cpu", merge_adapter=merge))) as c:
+            texts[merge] = c.post("/v1/completions", json=req).json()["choices"][0]["text"]
+    with TestClient(create_app(tiny_model_dir, ServeConfig(device="cpu"))) as c:
+        base_text = c.post("/v1/completions", json=req).json()["choices"][0]["text"]
+    assert texts[True] == texts[False] != base_text

