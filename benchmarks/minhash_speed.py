@@ -18,7 +18,8 @@ import platform
 import time
 from pathlib import Path
 
-from gristmill.curate.dedup.minhash import Buckets, MinHashDedup, MinHasher, clusters, has_shingles
+from gristmill.curate.dedup.lsh import Buckets, MinHasher, clusters, has_shingles
+from gristmill.curate.dedup.minhash import MinHashDedup
 from gristmill.data.step import StepStats
 from gristmill.formats.document import Document, Provenance
 

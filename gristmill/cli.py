@@ -43,7 +43,8 @@ def _recipe_args(p: argparse.ArgumentParser) -> None:
                    help="override a recipe key, e.g. --set train.max_steps=100 (repeatable)")
     p.add_argument("--name", help="run name (default: the recipe's name); outputs go to runs/<name>/")
     p.add_argument("--workers", type=int, metavar="N",
-                   help="processes for the data stages (collect.workers; default: one per CPU core)")
+                   help="processes for the data stages (collect.workers and prepare.workers; default: one per "
+                        "CPU core)")
 
 
 def _load(args: argparse.Namespace):
@@ -53,7 +54,7 @@ def _load(args: argparse.Namespace):
     if getattr(args, "name", None):
         overrides.append(f"name={args.name}")
     if getattr(args, "workers", None) is not None:
-        overrides.append(f"collect.workers={args.workers}")
+        overrides += [f"collect.workers={args.workers}", f"prepare.workers={args.workers}"]
     return load_recipe(args.recipe, overrides)
 
 

@@ -7,8 +7,37 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from typing import Literal
 
+from gristmill.core.config import Config
 from gristmill.data.step import TextMap
+
+
+class StripGutenbergStep(Config):
+    """Cut Project Gutenberg licence headers and footers (the ``*** START OF ...`` / ``*** END OF ...``
+    markers and the older ``*END*THE SMALL PRINT!`` form); texts without the markers are left alone."""
+
+    type: Literal["strip_gutenberg"] = "strip_gutenberg"
+    """``strip_gutenberg``."""
+
+
+class NormalizeUnicodeStep(Config):
+    """Unicode normalisation, so equal-looking text has equal code points."""
+
+    type: Literal["normalize_unicode"] = "normalize_unicode"
+    """``normalize_unicode``."""
+    form: Literal["NFC", "NFKC"] = "NFC"
+    """NFC composes accents only; NFKC also folds compatibility characters (ligatures, full-width forms,
+    superscripts: "m²" becomes "m2")."""
+
+
+class CleanWhitespaceStep(Config):
+    """Normalise line breaks to \\n, remove control characters other than \\n and \\t, strip trailing
+    spaces, collapse runs of blank lines into one, and strip the document."""
+
+    type: Literal["clean_whitespace"] = "clean_whitespace"
+    """``clean_whitespace``."""
+
 
 # Project Gutenberg boilerplate. Modern texts frame the work with "*** START OF THE PROJECT GUTENBERG
 # EBOOK X ***" ... "*** END OF THE PROJECT GUTENBERG EBOOK X ***" (often preceded by "End of the Project

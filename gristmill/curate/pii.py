@@ -16,8 +16,9 @@ numbers do not look like personal data:
 - ``national_id``: US Social Security numbers ``ddd-dd-dddd`` outside the never-issued ranges (area 000,
   666 or 900-999, group 00, serial 0000).
 
-Years, year ranges ("1914-1918"), dates, verse references ("3:16"), version numbers ("3.10.2"), ISBNs and
-grouped numbers ("1 500 000") are not matched. Where two matches overlap, the more specific kind wins
+Years, year ranges ("1914-1918"), dates, verse references ("3:16"), version numbers ("3.10.2", and
+"version 1.2.3.4" or "Section 1.2.3.4": a dotted quad after a numbering word), ISBNs and grouped numbers
+("1 500 000") are not matched. Where two matches overlap, the more specific kind wins
 (e-mail, IBAN, card, national id, IP, phone).
 
 :func:`find_pii` gives ``(kind, start, end)`` spans, :func:`pii_kinds` the kinds present, :func:`mask_pii`
@@ -67,8 +68,11 @@ _PHONE_NANP = re.compile(
     r"|\d(?<![\w+.-]\d)\d\d[ .-])"
     r"\d{3}[ .-]\d{4}(?!\w|[.-]\d)")
 
-# Dotted quads; octets above 255 and leading zeros are ruled out by _ipv4_valid.
+# Dotted quads; octets above 255 and leading zeros are ruled out by _ipv4_valid. A quad right after a word
+# that numbers things ("Section 1.2.3.4", "version 2.0.0.1") is a section or version number, not a host.
 _IPV4 = re.compile(r"\d(?<![\w.]\d)\d{0,2}(?:\.\d{1,3}){3}(?!\w|\.\d)")
+_NUMBERING_WORD = re.compile(r"(?:\b(?:section|sections|sec|version|ver|v|revision|rev|release|chapter|clause|"
+                             r"paragraph|article|rule|step|part|item|no)|§)[.:]?\s*\Z", re.IGNORECASE)
 # Runs of hex digits, colons and dots with at least two colons (``::`` compression, an IPv4 tail);
 # _ipv6_valid asks ipaddress whether the run is an address.
 _IPV6 = re.compile(r"[0-9A-Fa-f:](?<![\w:.][0-9A-Fa-f:])[0-9A-Fa-f]{0,3}:[0-9A-Fa-f:.]*[0-9A-Fa-f:](?![\w:])")
@@ -196,14 +200,27 @@ def _matches(pattern: re.Pattern[str], valid: Callable[[str], bool] | None = Non
     return find
 
 
+def _ipv4s(text: str) -> Iterator[tuple[int, int]]:
+    if "." not in text:
+        return
+    for m in _IPV4.finditer(text):
+        if _ipv4_valid(m.group()) and not _NUMBERING_WORD.search(text, max(0, m.start() - 12), m.start()):
+            yield m.span()
+
+
 _FINDERS: dict[str, list[Finder]] = {
     "email": [_emails],
     "iban": [_matches(_IBAN, iban_valid)],
     "credit_card": [_matches(_CARD, _card_valid)],
     "national_id": [_matches(_SSN, _ssn_valid, needs="-")],
-    "ip": [_matches(_IPV4, _ipv4_valid, needs="."), _matches(_IPV6, _ipv6_valid, needs=":")],
+    "ip": [_ipv4s, _matches(_IPV6, _ipv6_valid, needs=":")],
     "phone": [_matches(_PHONE_INTL, _phone_valid, needs="+"), _matches(_PHONE_NANP)],
 }
+
+
+_DIGIT = re.compile(r"\d")
+_NEEDS_DIGIT = frozenset({"iban", "credit_card", "national_id", "phone"})
+"""Kinds no text without a digit can hold (an IPv6 address needs one too; e-mail addresses need none)."""
 
 
 def find_pii(text: str, kinds: Iterable[str] = KINDS) -> list[tuple[str, int, int]]:
@@ -213,6 +230,8 @@ def find_pii(text: str, kinds: Iterable[str] = KINDS) -> list[tuple[str, int, in
     unknown = wanted - set(KINDS)
     if unknown:
         raise ValueError(f"unknown PII kind(s) {sorted(unknown)}; use some of {', '.join(KINDS)}")
+    if _DIGIT.search(text) is None:  # most prose: only e-mail addresses are possible
+        wanted -= _NEEDS_DIGIT | {"ip"}
     taken: list[tuple[int, int, str]] = []  # (start, end, kind), sorted, never overlapping
     for kind in _PRIORITY:
         if kind not in wanted:

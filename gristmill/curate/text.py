@@ -4,8 +4,8 @@ Gopher, C4 and FineWeb all look at the same few pieces of a text: its words, its
 A :class:`TextView` splits the text into them lazily, at most once each, and a :class:`TextViews` cache
 hands the same view to every filter that asks about the same text, so a chain of filters splits a
 document once instead of once per filter. The view is never stored in ``Document.meta`` (that is
-serialised); the cache keeps the last few texts and recognises them by identity, which holds because a
-filter passes ``doc.text`` on unchanged and a step that rewrites the text makes a new string.
+serialised); the cache keeps the most recent texts and recognises them by identity, which holds because
+a filter passes ``doc.text`` on unchanged and a step that rewrites the text makes a new string.
 
 :class:`SignalFilter` is the base of the quality filters: a filter yields named numeric *signals*
 (``gopher_word_count``, ``fineweb_line_punct_ratio`` ...) and each signal has a :class:`Limit`. In the
@@ -18,9 +18,11 @@ reading the text again (RedPajama v2 publishes its corpus this way).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from operator import methodcaller
 
 from gristmill.data.step import Filter
 from gristmill.formats.document import Document
@@ -33,13 +35,14 @@ _PARAGRAPH_BREAK = re.compile(r"\n[^\S\n]*\n\s*")
 
 # Punctuation stripped from both ends of a word before its length or its spelling is compared.
 _WORD_EDGE_PUNCT = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~\u2018\u2019\u201c\u201d\u2026\u2013\u2014\u00ab\u00bb"
+_STRIP_EDGES = methodcaller("strip", _WORD_EDGE_PUNCT)
 
 
 class TextView:
     """One text split into words, lines and paragraphs, each computed on first use and then kept.
 
-    ``words`` are whitespace-separated tokens as they stand; ``bare_words`` are the same, lowercased and
-    stripped of surrounding punctuation, without the tokens that were punctuation only. ``lines`` are the
+    ``words`` are whitespace-separated tokens as they stand; ``bare_words`` are the same stripped of
+    surrounding punctuation (case kept), without the tokens that were punctuation only. ``lines`` are the
     non-empty lines, stripped; ``paragraphs`` are the blocks between blank lines, stripped.
     """
 
@@ -52,37 +55,46 @@ class TextView:
 
     @cached_property
     def bare_words(self) -> list[str]:
-        stripped = (w.strip(_WORD_EDGE_PUNCT).lower() for w in self.words)
-        return [w for w in stripped if w]
+        # Every token stripped in C (methodcaller, filter): no Python frame per word.
+        return list(filter(None, map(_STRIP_EDGES, self.words)))
 
     @cached_property
     def lines(self) -> list[str]:
-        return [s for s in (line.strip() for line in self.text.split("\n")) if s]
+        return list(filter(None, map(str.strip, self.text.split("\n"))))
 
     @cached_property
     def paragraphs(self) -> list[str]:
-        return [s for s in (p.strip() for p in _PARAGRAPH_BREAK.split(self.text)) if s]
+        return list(filter(None, map(str.strip, _PARAGRAPH_BREAK.split(self.text))))
 
 
 class TextViews:
-    """The views of the last few texts seen, so filters in one chain share the splitting work.
+    """The views of recent texts, so filters in one chain share the splitting work.
 
-    Documents flow through a chain of generator steps one at a time, so the text a filter asks about is
-    almost always the one the filter before it asked about; ``size`` recent texts are kept to allow for a
-    step in between that looks at a few documents at once.
+    Documents flow through a chain of generator steps one at a time or, for a filter that measures a
+    batch at once (Gopher repetition), a batch at a time; the filters after it ask for the views of the
+    same texts. Texts are recognised by identity; the most recent are kept up to ``max_chars`` characters
+    in all (a view holds its text's words and lines too: about 25 bytes per character).
     """
 
-    def __init__(self, size: int = 4) -> None:
-        self.size = size
-        self._recent: list[TextView] = []
+    def __init__(self, max_chars: int = 2_000_000) -> None:
+        self.max_chars = max_chars
+        self._views: dict[int, TextView] = {}  # id(text) -> view
+        self._age: deque[TextView] = deque()  # oldest first
+        self._chars = 0
 
     def of(self, text: str) -> TextView:
-        for view in self._recent:
-            if view.text is text:  # identity, not equality: it costs nothing and keeps the text alive
-                return view
+        view = self._views.get(id(text))
+        if view is not None and view.text is text:  # identity, not equality: it costs nothing
+            return view
         view = TextView(text)
-        self._recent.insert(0, view)
-        del self._recent[self.size :]
+        self._views[id(text)] = view  # a view keeps its text alive, so an id is never reused under it
+        self._age.append(view)
+        self._chars += len(text)
+        while self._chars > self.max_chars and len(self._age) > 1:
+            old = self._age.popleft()
+            self._chars -= len(old.text)
+            if self._views.get(id(old.text)) is old:
+                del self._views[id(old.text)]
         return view
 
 
@@ -105,8 +117,10 @@ def fraction(part: float, whole: float) -> float:
     return part / whole if whole else 0.0
 
 
-def repeated(items: Iterable[str]) -> tuple[int, int]:
+def repeated(items: Sequence[str]) -> tuple[int, int]:
     """How many items repeat an earlier item, and how many characters those repeats hold."""
+    if len(set(items)) == len(items):
+        return 0, 0  # the common case, decided in C
     seen: set[str] = set()
     count = chars = 0
     for item in items:
@@ -138,22 +152,21 @@ class SignalFilter(Filter):
         raise NotImplementedError
 
     def reject(self, doc: Document) -> str | None:
-        reason: str | None = None
-        signals: dict[str, float] = {}
-        for name, value in self.measure(self.views.of(doc.text)):
-            signals[name] = value
-            limit = self.limits.get(name)
-            if reason is None and limit is not None and limit.broken_by(value):
-                reason = limit.reason
-                if not self.store_signals:
-                    break
-        if self.store_signals:
+        view = self.views.of(doc.text)
+        if self.store_signals:  # every signal is measured: judge them once they are all in
+            signals = dict(self.measure(view))
             doc.meta.setdefault("quality", {}).update(signals)
-        return reason
+            return self.judge(signals)
+        for name, value in self.measure(view):
+            limit = self.limits.get(name)
+            if limit is not None and limit.broken_by(value):
+                return limit.reason
+        return None
 
     def judge(self, signals: Mapping[str, float]) -> str | None:
         """Apply this filter's limits to signals stored earlier (``doc.meta["quality"]``): the reason of the
-        first limit broken, in checking order, or None. Signals that are missing are not checked."""
+        first limit broken, in checking order (``limits`` lists them in the order ``measure`` yields them),
+        or None. Signals that are missing are not checked."""
         for name, limit in self.limits.items():
             value = signals.get(name)
             if value is not None and limit.broken_by(value):

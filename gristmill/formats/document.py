@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gristmill.core.jsonl import read_jsonl
+from gristmill.core.jsonl import count_lines, read_jsonl
 from gristmill.errors import InputError
 from gristmill.formats import shards
 
@@ -111,10 +111,11 @@ def read_documents(where: Path, split: str | None = None) -> Iterator[Document]:
 
 
 def count_documents(where: Path, split: str | None = None) -> int:
-    """How many documents a split holds (from the shards' footers: nothing else is read)."""
+    """How many documents a split holds (from the shards' footers, or the JSONL files' non-blank lines:
+    nothing is parsed)."""
     files = document_files(where, split)
     parquet = [p for p in files if p.suffix == shards.SHARD_SUFFIX]
-    return shards.count_rows(parquet) + sum(1 for p in files if p not in parquet for _ in read_jsonl(p))
+    return shards.count_rows(parquet) + sum(count_lines(p) or 0 for p in files if p not in parquet)
 
 
 def read_quarantine(where: Path, split: str = "quarantine") -> Iterator[dict[str, Any]]:

@@ -304,12 +304,50 @@ def data_section(rc: ReportContext) -> str:
         parts.append(para("Splits: " + "; ".join(f"{name} {s.get('documents', 0):,} documents, "
                                                  f"{s.get('characters', 0):,} characters"
                                                  for name, s in splits.items()) + "."))
+    parts.append(data_card_section(rc))
     sources = ((rc.manifests.get("collect") or {}).get("stats") or {}).get("sources") or {}
     if sources:
         parts.append("<h3>Sources</h3>" + table(
             ["source", "type", "files", "documents", "characters", "quarantined"],
             [[n, s.get("type"), s.get("files"), s.get("documents"), s.get("characters"),
               sum((s.get("quarantined") or {}).values())] for n, s in sources.items() if isinstance(s, dict)]))
+    return "\n".join(parts)
+
+
+def data_card_section(rc: ReportContext) -> str:
+    """prepare's data card (``prepare/data_card.json``): warnings, what each reason dropped with the key
+    behind it and an example, the language mix and the length of what was kept."""
+    card = read_dict(rc.stage_dir("prepare") / "data_card.json") if rc.manifests.get("prepare") else {}
+    if not card:
+        return ""
+    parts = ["<h3>Data card</h3>", para(f"From prepare/data_card.json: {card.get('documents_in', 0):,} documents "
+                                         f"({human_bytes(int(card.get('bytes_in', 0)))}) in, "
+                                         f"{card.get('documents_kept', 0):,} ({human_bytes(int(card.get('bytes_kept', 0)))}) "
+                                         "kept.")]
+    warnings = [w for w in card.get("warnings") or [] if isinstance(w, str)]
+    if warnings:
+        parts.append("<ul>" + "".join(f"<li>warning: {esc(w)}</li>" for w in warnings) + "</ul>")
+    rows = []
+    for st in card.get("steps") or []:
+        for reason, d in ((st or {}).get("dropped") or {}).items():
+            ex = (d.get("examples") or [{}])[0]
+            rows.append([f"{st.get('step')}: {reason}", d.get("documents"), human_bytes(int(d.get("bytes") or 0)),
+                         d.get("key") or "–", pre(clip(str(ex.get("text", "")), 300))])
+    if rows:
+        parts.append(table(["step: reason", "documents", "bytes", "key that decides it", "first document dropped"],
+                           rows))
+    hist = card.get("histograms") or {}
+    langs = hist.get("language") or {}
+    if langs:
+        total = sum(langs.values()) or 1
+        parts.append(para("Languages of the kept documents: " + ", ".join(
+            f"{lang} {n / total:.1%}" for lang, n in list(langs.items())[:10]) + "."))
+    length = hist.get("length_characters") or {}
+    edges, counts = length.get("edges") or [], length.get("counts") or []
+    if any(counts):
+        parts.append(table(["length (characters)", "documents kept"], [
+            [f"{edges[i]:,}–{edges[i + 1]:,}" if i + 1 < len(edges) else f"{edges[i]:,}+", n]
+            for i, n in enumerate(counts) if n]))
     return "\n".join(parts)
 
 

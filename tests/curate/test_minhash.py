@@ -10,17 +10,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from gristmill.curate.dedup.minhash import (
-    Buckets,
-    MinHashDedup,
-    MinHasher,
-    MinHashStep,
-    clusters,
-    estimate_jaccard,
-    has_shingles,
-    jaccard,
-    word_ngrams,
-)
+from gristmill.curate.dedup.lsh import Buckets, MinHasher, clusters, estimate_jaccard, has_shingles
+from gristmill.curate.dedup.minhash import MinHashDedup, MinHashStep, jaccard, word_ngrams
 from gristmill.data.step import StepStats, counted
 from gristmill.formats.document import Document, Provenance
 

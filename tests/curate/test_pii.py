@@ -64,8 +64,10 @@ def test_ordinary_numbers_are_not_pii() -> None:
             "as in 1999-2003. See ISBN 978-0-19-852663-6 and ISBN 0-19-852663-6, version 3.10.2, "
             "population 1 500 000, ratio 0.04 to 0.9, price $1,234,567.89, the years 2004 2005 2006 2007, "
             "coordinates 51.5074, -0.1278, pi 3.14159265358979, the archive copy of 20100325081119, "
-            "chapter 12.4.1, call std::vector or a::b, and a score of 3-2-1.")
+            "chapter 12.4.1, call std::vector or a::b, and a score of 3-2-1. Section 1.2.3.4 of the RFC, "
+            "version 2.0.0.1 and rev. 4.3.2.1 number things, not hosts.")
     assert find_pii(text) == []
+    assert found("a host apart: 10.0.0.1") == [("ip", "10.0.0.1")]
 
 
 def test_real_prose_has_no_pii(wiki_articles: list[str], speeches: list[str]) -> None:

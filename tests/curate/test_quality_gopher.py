@@ -104,10 +104,13 @@ def test_signals_are_stored_and_can_be_judged_again(prose: str) -> None:
     kept, _ = run(rep, [prose])
     assert {"gopher_dup_line_fraction", "gopher_top_2gram_chars", "gopher_dup_10gram_chars"} <= set(
         kept[0].meta["quality"])
-    # The default mode stores nothing.
+    # Signals are stored by default; store_signals: false stores nothing.
     plain = doc(prose)
-    GopherQualityFilter().reject(plain)
+    GopherQualityFilter(GopherQualityStep(store_signals=False)).reject(plain)
     assert plain.meta == {}
+    stored = doc(prose)
+    GopherQualityFilter().reject(stored)
+    assert stored.meta["quality"] == signals
 
 
 def test_filters_share_one_split_per_text(prose: str) -> None:
@@ -128,3 +131,26 @@ def test_config_bounds_are_checked() -> None:
         GopherQualityStep(tyop=1)
     assert GopherRepetitionStep.model_validate({"type": "gopher_repetition",
                                                 "max_top_ngram_chars": {"2": 0.3}}).max_top_ngram_chars == {2: 0.3}
+
+
+def test_batched_ngram_measures_equal_the_per_document_ones(wiki_articles: list[str], speeches: list[str],
+                                                            prose: str) -> None:
+    from gristmill.curate.quality.gopher import WordNGrams, batch_ngram_signals
+
+    words = prose.split()
+    texts = wiki_articles + speeches[:600] + [
+        "", "one", "a b a b a b", prose + " " + " ".join(words[:100]) * 2, " ".join(w + " New York" for w in words)]
+    word_lists = [t.split() for t in texts]
+    for tops, dups in (([2, 3, 4], [5, 6, 7, 8, 9, 10]), ([1, 3], [2, 7])):
+        got = [v for i in range(0, len(word_lists), 97) for v in batch_ngram_signals(word_lists[i : i + 97], tops, dups)]
+        for w, values in zip(word_lists, got, strict=True):
+            grams = WordNGrams(w)
+            assert values == {**{f"top_{n}": grams.top_chars(n) for n in tops},
+                              **{f"dup_{n}": grams.dup_chars(n) for n in dups}}
+    # The filter measures in batches; a document judged alone gets the same signals.
+    step = GopherRepetitionFilter()
+    kept, _ = run(step, texts[:300])
+    for d in kept:
+        alone = doc(d.text)
+        GopherRepetitionFilter().reject(alone)
+        assert alone.meta["quality"] == d.meta["quality"]

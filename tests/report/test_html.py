@@ -42,6 +42,11 @@ def hostile_run(runs: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     ft = read(run / "finetune" / "eval.json")
     ft["answers"][0]["after"] = HOSTILE
     write_json(run / "finetune" / "eval.json", ft)
+    # a collected document is arbitrary text too: the data card shows the first ones each step dropped
+    card = read(run / "prepare" / "data_card.json")
+    card["steps"][0]["dropped"] = {"too_short": {"documents": 1, "bytes": 9, "key": "min_chars",
+                                                 "examples": [{"id": "x", "text": HOSTILE}]}}
+    write_json(run / "prepare" / "data_card.json", card)
     (run / "report" / "report.html").write_text(build_html(run, ReportConfig()), encoding="utf-8")
     return run
 
@@ -59,6 +64,7 @@ def test_the_report_stage_writes_html_beside_markdown(runs: Path, monkeypatch: p
     assert "Content-Security-Policy" in page and "default-src 'none'" in page
     for fig in FIGURES:
         assert page.count(f'<figure id="{fig}"><svg') == 1, fig
+    assert "<h3>Data card</h3>" in page and "Languages of the kept documents: en 100.0%" in page
     # the same run gives the same bytes (the run was made, and is named, from its parent folder)
     monkeypatch.chdir(runs)
     assert build_html(Path("runs/small"), ReportConfig()) == page
@@ -68,7 +74,7 @@ def test_text_from_the_run_is_escaped(hostile_run: Path):
     page = (hostile_run / "report" / "report.html").read_text()
     assert HOSTILE not in page and "<script" not in page and "example.invalid" in page
     escaped = "&lt;/pre&gt;&lt;/td&gt;&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;"
-    assert page.count(escaped) == 2  # the sample and the fine-tuned answer
+    assert page.count(escaped) == 3  # the sample, the fine-tuned answer, the dropped document
 
 
 def test_without_matplotlib_the_markdown_is_written_and_the_log_says_how_once(

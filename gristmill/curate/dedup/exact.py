@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Iterator
+from typing import Literal
 
+from gristmill.core.config import Config
 from gristmill.data.step import StepStats
 from gristmill.formats.document import Document
+
+
+class ExactDedupStep(Config):
+    """Drop exact duplicates (same text after the steps before), keeping the first occurrence."""
+
+    type: Literal["dedup"] = "dedup"
+    """``dedup``."""
 
 
 def text_hash(text: str) -> bytes:

@@ -11,55 +11,27 @@ and only 5% at J = 0.5 (the curve crosses 1/2 near J = 0.72). Pairs that share a
 (union-find) into clusters; the first document of each cluster by input order is kept and the others are
 dropped with reason ``near_duplicate`` and ``meta["duplicate_of"]`` naming the kept document.
 
-The work is three phases with plain arrays between them, so that each can run per shard and the middle
-one can later move to disk:
-
-1. :meth:`MinHasher.signatures`: texts -> ``[docs, K]`` uint32 signatures, and
-   :meth:`MinHasher.band_keys`: -> ``[docs, b]`` uint64 bucket keys. Per shard, no shared state.
-2. :class:`Buckets`: collects every shard's bucket keys (``add``) and merges them into candidate pairs
-   (``pairs``) by sorting keys; in memory for now.
-3. :func:`clusters`: pairs -> the index each document is kept as; the filter drops the others.
-
-:class:`MinHashDedup` runs all three over one stream, holding the documents until the stream ends.
+The arrays (signatures, bucket keys, candidate pairs, clusters) are in :mod:`gristmill.curate.dedup.lsh`,
+imported when the step is built; this module holds the config, the step and the plain-Python statement
+of the shingle rule.
 
 Shingles. The text is lowercased and split into words, a word being a run of letters and digits
 (``str.isalnum``, basic multilingual plane), so punctuation, case and spacing do not make two copies
 differ. A document with fewer than 5 words has one shingle, its words; one without words has no
 shingles, is in no bucket and is always kept. The language must put spaces between words.
-
-Hashing, all in numpy over a whole batch of texts (no Python loop per word). A word's hash is a
-polynomial in its code points modulo 2^64, computed for every word at once from one prefix sum, then
-mixed (the splitmix64 finaliser). A shingle's hash combines its words' hashes with a fixed odd
-multiplier per position, mixed again, and keeps the top 32 bits. The K hash functions are
-h_k(x) = ((a_k x + b_k) mod 2^64) >> 32 with odd random a_k: Dietzfelbinger's multiply-add-shift
-family, 2-independent like the textbook (a x + b) mod p but with no division, which makes the signature
-step about five times faster in numpy (uint64 ``%`` is a division per element). All constants come from
-``seed`` through splitmix64 in plain Python integers, so a signature is the same on every machine and
-numpy version, which shards hashed in different places rely on.
-
-Bucket keys are 64-bit hashes of (band number, the band's r minima); at a billion documents the
-expected number of false bucket collisions over all bands is below one.
 """
 
 from __future__ import annotations
 
-import functools
 import re
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Literal
+from collections.abc import Iterable, Iterator
+from typing import Any, ClassVar, Literal
 
-import numpy as np
 from pydantic import Field, model_validator
 
 from gristmill.core.config import Config
 from gristmill.data.step import StepStats
 from gristmill.formats.document import Document
-
-_M64 = (1 << 64) - 1
-_GOLDEN = 0x9E3779B97F4A7C15
-_MIX1, _MIX2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
-_EMPTY = np.uint32(0xFFFFFFFF)  # every entry of the signature of a text without words
-_CHUNK = 8192  # shingles per [K, chunk] block of the signature step: ~7 MiB of uint64 at K = 112
 
 
 class MinHashStep(Config):
@@ -77,42 +49,14 @@ class MinHashStep(Config):
     seed: int = Field(default=1, ge=0, le=2**63 - 1)
     """Seed of the hash functions. Every shard of one corpus must use the same seed."""
 
+    REASON_KEYS: ClassVar[dict[str, str]] = {"near_duplicate": "rows (more rows: only closer copies match)"}
+
     @model_validator(mode="after")
     def _size(self) -> MinHashStep:
         if self.bands * self.rows > 4096:
             raise ValueError(f"bands x rows is {self.bands * self.rows}; keep it at 4096 or below "
                              f"(FineWeb uses 14 x 8 = 112)")
         return self
-
-
-def _splitmix64(seed: int, n: int) -> list[int]:
-    """``n`` well-mixed 64-bit integers from ``seed`` (splitmix64), identical on every platform."""
-    out = []
-    state = seed & _M64
-    for _ in range(n):
-        state = (state + _GOLDEN) & _M64
-        z = state
-        z = ((z ^ (z >> 30)) * _MIX1) & _M64
-        z = ((z ^ (z >> 27)) * _MIX2) & _M64
-        out.append(z ^ (z >> 31))
-    return out
-
-
-def _mix(x: np.ndarray) -> np.ndarray:
-    """The splitmix64 finaliser, in place on a uint64 array: every input bit moves every output bit."""
-    x ^= x >> np.uint64(30)
-    x *= np.uint64(_MIX1)
-    x ^= x >> np.uint64(27)
-    x *= np.uint64(_MIX2)
-    x ^= x >> np.uint64(31)
-    return x
-
-
-@functools.cache
-def _word_chars() -> np.ndarray:
-    """For each code point of the basic multilingual plane, whether it belongs to a word (``isalnum``).
-    Built on first use (about 10 ms), never at import."""
-    return np.fromiter((chr(c).isalnum() for c in range(0x10000)), dtype=bool, count=0x10000)
 
 
 _WORD = re.compile(r"[^\W_\U00010000-\U0010FFFF]+")
@@ -140,232 +84,32 @@ def jaccard(a: set, b: set) -> float:
     return len(a & b) / len(a | b) if a or b else 1.0
 
 
-def estimate_jaccard(sig_a: np.ndarray, sig_b: np.ndarray) -> float:
-    """MinHash's estimate of the Jaccard similarity of two documents: the share of equal entries."""
-    return float(np.mean(sig_a == sig_b))
-
-
-class MinHasher:
-    """Phase 1: signatures and bucket keys for a batch of texts (one shard, or part of one).
-
-    The same parameters and seed give the same signature for a text whatever batch it is in, on any
-    machine: hash a corpus shard by shard, in parallel, and merge the keys in :class:`Buckets`.
-    ``batch_chars``: texts are hashed together until they reach this many characters, which sets the
-    working memory (about 50 bytes per character, at least the longest text); 128 Ki was the fastest
-    setting measured on 2 KB documents, whose arrays then stay in the CPU caches.
-    """
-
-    def __init__(self, ngram: int = 5, bands: int = 14, rows: int = 8, seed: int = 1,
-                 batch_chars: int = 1 << 17) -> None:
-        self.ngram, self.bands, self.rows = ngram, bands, rows
-        self.num_hashes = bands * rows
-        self.batch_chars = batch_chars
-        k = self.num_hashes
-        consts = _splitmix64(seed, 2 * k + ngram + rows + bands + 1)
-        self._a = np.array([c | 1 for c in consts[:k]], dtype=np.uint64)  # odd multipliers
-        self._b = np.array(consts[k : 2 * k], dtype=np.uint64)
-        at = 2 * k
-        self._position = np.array([c | 1 for c in consts[at : at + ngram]], dtype=np.uint64)
-        at += ngram
-        self._row = np.array([c | 1 for c in consts[at : at + rows]], dtype=np.uint64)
-        at += rows
-        self._band = np.array(consts[at : at + bands], dtype=np.uint64)
-        base = consts[at + bands] | 1  # odd, so invertible modulo 2^64
-        self._base, self._base_inv = base, pow(base, -1, 1 << 64)
-        self._pow = np.ones(1, dtype=np.uint64)  # base^i, grown on demand
-        self._pow_inv = np.ones(1, dtype=np.uint64)  # base^-i
-
-    @classmethod
-    def from_config(cls, cfg: MinHashStep) -> MinHasher:
-        return cls(ngram=cfg.ngram, bands=cfg.bands, rows=cfg.rows, seed=cfg.seed)
-
-    # -- phase 1: signatures ----------------------------------------------------------------------
-
-    def signatures(self, texts: Sequence[str]) -> np.ndarray:
-        """``[len(texts), bands x rows]`` uint32 MinHash signatures; a text without words gets all
-        0xFFFFFFFF (see :func:`has_shingles`)."""
-        out = np.empty((len(texts), self.num_hashes), dtype=np.uint32)
-        start = chars = 0
-        for i, text in enumerate(texts):  # batches of about batch_chars characters bound the memory
-            chars += len(text)
-            if chars >= self.batch_chars:
-                out[start : i + 1] = self._batch(texts[start : i + 1])
-                start, chars = i + 1, 0
-        if start < len(texts):
-            out[start:] = self._batch(texts[start:])
-        return out
-
-    def _powers(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        if len(self._pow) < n:
-            size = max(n, 2 * len(self._pow))
-            self._pow = np.ones(size, dtype=np.uint64)
-            self._pow_inv = np.ones(size, dtype=np.uint64)
-            np.cumprod(np.full(size - 1, self._base, dtype=np.uint64), out=self._pow[1:])
-            np.cumprod(np.full(size - 1, self._base_inv, dtype=np.uint64), out=self._pow_inv[1:])
-        return self._pow[:n], self._pow_inv[:n]
-
-    def _word_hashes(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Hashes of every word of every text, in order, and the number of words of each text."""
-        lowered = [t.lower() for t in texts]
-        joined = "\n".join(lowered)  # "\n" is not a word character, so no word crosses two texts
-        cps = np.frombuffer(joined.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-        is_word = _word_chars()[cps & 0xFFFF] & (cps < 0x10000)
-        edges = np.diff(is_word.astype(np.int8), prepend=np.int8(0), append=np.int8(0))
-        starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)  # [start, end) per word
-        # Word hash = sum_i cp_i * base^(i - start): one prefix sum of cp_i * base^i over the batch, the
-        # difference at each word's ends, shifted back by base^-start. All modulo 2^64 (uint64 wraps).
-        pw, pw_inv = self._powers(len(cps) + 1)
-        prefix = np.zeros(len(cps) + 1, dtype=np.uint64)
-        np.cumsum(cps.astype(np.uint64) * pw[: len(cps)], out=prefix[1:])
-        hashes = _mix((prefix[ends] - prefix[starts]) * pw_inv[starts])
-        text_starts = np.zeros(len(lowered), dtype=np.int64)
-        np.cumsum([len(t) + 1 for t in lowered[:-1]], out=text_starts[1:])
-        counts = np.bincount(np.searchsorted(text_starts, starts, side="right") - 1, minlength=len(texts))
-        return hashes, counts
-
-    def _shingles(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """32-bit hashes (as uint64) of every shingle of every text, in order, and the count per text."""
-        n = self.ngram
-        word_hash, counts = self._word_hashes(texts)
-        per_text = np.where(counts > 0, np.maximum(counts - n + 1, 1), 0)
-        text_of = np.repeat(np.arange(len(texts)), per_text)  # the text of each shingle
-        first_word = np.cumsum(counts) - counts
-        first_shingle = np.cumsum(per_text) - per_text
-        begin = first_word[text_of] + (np.arange(len(text_of)) - first_shingle[text_of])  # its first word
-        stop = (first_word + counts)[text_of]  # one past its text's last word
-        acc = np.zeros(len(begin), dtype=np.uint64)
-        for k in range(n):
-            idx = begin + k
-            inside = idx < stop  # a text shorter than n words has one shorter shingle
-            term = word_hash[np.minimum(idx, len(word_hash) - 1)] * self._position[k]
-            acc += term if inside.all() else np.where(inside, term, np.uint64(0))
-        return _mix(acc) >> np.uint64(32), per_text
-
-    def _batch(self, texts: Sequence[str]) -> np.ndarray:
-        shingles, per_text = self._shingles(texts)
-        k = self.num_hashes
-        minima = np.full((k, len(texts)), np.iinfo(np.uint64).max, dtype=np.uint64)
-        has = np.flatnonzero(per_text)
-        seg_start = (np.cumsum(per_text) - per_text)[has]  # each text's first shingle
-        block = np.empty((k, min(_CHUNK, len(shingles))), dtype=np.uint64)
-        # a_k * x + b_k for every hash k and shingle x, in [K, _CHUNK] blocks that bound the temporary
-        # memory; then the minimum over each text's columns (a text cut by a block edge keeps the
-        # smaller of its two minima).
-        for c0 in range(0, len(shingles), _CHUNK):
-            x = shingles[c0 : c0 + _CHUNK]
-            y = block[:, : len(x)]
-            np.multiply(self._a[:, None], x[None, :], out=y)
-            y += self._b[:, None]
-            lo = np.searchsorted(seg_start, c0, side="right") - 1
-            hi = np.searchsorted(seg_start, c0 + len(x), side="left")
-            local = np.maximum(seg_start[lo:hi], c0) - c0
-            cols = has[lo:hi]
-            minima[:, cols] = np.minimum(minima[:, cols], np.minimum.reduceat(y, local, axis=1))
-        return np.ascontiguousarray((minima >> np.uint64(32)).astype(np.uint32).T)
-
-    # -- phase 1b: bucket keys --------------------------------------------------------------------
-
-    def band_keys(self, signatures: np.ndarray) -> np.ndarray:
-        """``[docs, bands]`` uint64 bucket keys: band i of two documents is equal exactly when their keys
-        are (up to 64-bit hash collisions)."""
-        d = len(signatures)
-        bands = signatures.reshape(d, self.bands, self.rows).astype(np.uint64)
-        keys = (bands * self._row).sum(axis=2, dtype=np.uint64) + self._band
-        return _mix(keys)
-
-
-def has_shingles(signatures: np.ndarray) -> np.ndarray:
-    """Which signatures belong to texts with at least one word (the others are all 0xFFFFFFFF)."""
-    return ~np.all(signatures == _EMPTY, axis=1)
-
-
-class Buckets:
-    """Phase 2: every shard's bucket keys, merged into candidate pairs.
-
-    Shards are added in corpus order, so a document's global index is its shard's offset plus its
-    position; a document without words is in no bucket. Kept in memory for now; ``add`` is where keys
-    would be written to disk per shard, and ``pairs`` where they would be merge-sorted back.
-    """
-
-    def __init__(self) -> None:
-        self._keys: list[np.ndarray] = []
-        self._docs: list[np.ndarray] = []
-        self.n_docs = 0
-
-    def add(self, keys: np.ndarray, present: np.ndarray | None = None) -> int:
-        """Add one shard's ``[docs, bands]`` keys (``present``: which documents have shingles, default
-        all); returns the global index of the shard's first document."""
-        first = self.n_docs
-        self.n_docs += len(keys)
-        docs = np.arange(first, self.n_docs, dtype=np.int64)
-        if present is not None:
-            keys, docs = keys[present], docs[present]
-        self._keys.append(keys.reshape(-1))
-        self._docs.append(np.repeat(docs, keys.shape[1]))
-        return first
-
-    def pairs(self) -> np.ndarray:
-        """``[pairs, 2]`` int64 (earlier, later) global indices of documents sharing a bucket: each
-        document paired with the first document of every bucket it shares, without repeats."""
-        if not self._keys:
-            return np.empty((0, 2), dtype=np.int64)
-        keys, docs = np.concatenate(self._keys), np.concatenate(self._docs)
-        order = np.argsort(keys, kind="stable")  # stable: documents stay in input order inside a bucket
-        keys, docs = keys[order], docs[order]
-        opens = np.ones(len(keys), dtype=bool)
-        opens[1:] = keys[1:] != keys[:-1]
-        head = docs[np.maximum.accumulate(np.where(opens, np.arange(len(keys)), 0))]
-        pairs = np.stack([head[~opens], docs[~opens]], axis=1)
-        pairs = pairs[pairs[:, 0] != pairs[:, 1]]
-        return np.unique(pairs, axis=0)
-
-
-def clusters(pairs: np.ndarray, n_docs: int) -> np.ndarray:
-    """Phase 3: ``[n_docs]`` int64, for each document the first document (by index) of its cluster, the
-    one that is kept; a document is a near duplicate where the value is not its own index.
-
-    Union-find over the pairs, with the smaller index always the root, so the root is the cluster's
-    first document. Only documents in some pair enter the forest.
-    """
-    parent: dict[int, int] = {}
-
-    def find(x: int) -> int:
-        root = x
-        while (up := parent.get(root, root)) != root:
-            root = up
-        while x != root:  # path compression
-            parent[x], x = root, parent[x]
-        return root
-
-    for a, b in pairs.tolist():
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    roots = np.arange(n_docs, dtype=np.int64)
-    for x in parent:
-        roots[x] = find(x)
-    return roots
-
-
 class MinHashDedup:
     """Drop near duplicates of an earlier document (``near_duplicate``; ``meta.duplicate_of`` names the
-    kept one), running the three phases over one stream.
+    kept one), running the three phases of :mod:`~gristmill.curate.dedup.lsh` over one stream.
 
     Documents are held until the stream ends (clusters need every signature), then yielded in input
     order. Memory: the documents, plus 8 bytes per band per document. For corpora larger than memory,
-    run the phases per shard (:class:`MinHasher`, :class:`Buckets`, :func:`clusters`).
-    :meth:`clusters` lists the clusters of the last run.
+    run the phases per shard (``MinHasher``, ``Buckets``, ``clusters`` in ``lsh``). :meth:`clusters`
+    lists the clusters of the last run, :meth:`cluster_records` the same with the start of each text.
     """
 
     name = "minhash"
     batch_size = 512  # documents hashed together: numpy work per call, not Python work per document
+    example_chars = 200
+    """Characters of each member kept for :meth:`cluster_records`."""
 
     def __init__(self, cfg: MinHashStep | None = None) -> None:
+        from gristmill.curate.dedup.lsh import MinHasher
+
         self.cfg = cfg if cfg is not None else MinHashStep()
         self.hasher = MinHasher.from_config(self.cfg)
         self._clusters: dict[str, list[str]] = {}
+        self._starts: dict[str, str] = {}
 
     def run(self, docs: Iterable[Document], stats: StepStats) -> Iterator[Document]:
+        from gristmill.curate.dedup.lsh import Buckets, clusters
+
         held: list[Document] = []
         buckets = Buckets()
         batch: list[str] = []
@@ -379,18 +123,25 @@ class MinHashDedup:
             self._add(buckets, batch)
         roots = clusters(buckets.pairs(), buckets.n_docs)
         found: dict[str, list[str]] = {}
+        starts: dict[str, str] = {}
         for i, doc in enumerate(held):
             root = int(roots[i])
             if root == i:
                 yield doc
                 continue
-            kept = held[root].id
-            found.setdefault(kept, [kept]).append(doc.id)
-            doc.meta["duplicate_of"] = kept
+            kept = held[root]
+            if kept.id not in found:
+                found[kept.id] = [kept.id]
+                starts[kept.id] = kept.text[: self.example_chars]
+            found[kept.id].append(doc.id)
+            starts[doc.id] = doc.text[: self.example_chars]
+            doc.meta["duplicate_of"] = kept.id
             stats.drop(doc, "near_duplicate")
-        self._clusters = found
+        self._clusters, self._starts = found, starts
 
-    def _add(self, buckets: Buckets, texts: list[str]) -> None:
+    def _add(self, buckets: Any, texts: list[str]) -> None:
+        from gristmill.curate.dedup.lsh import has_shingles
+
         sigs = self.hasher.signatures(texts)
         buckets.add(self.hasher.band_keys(sigs), has_shingles(sigs))
 
@@ -398,3 +149,15 @@ class MinHashDedup:
         """The clusters with more than one member from the last run: kept document id -> every member's
         id (the kept one first), in input order."""
         return {k: list(v) for k, v in self._clusters.items()}
+
+    def cluster_records(self, examples: int = 3) -> Iterator[dict[str, Any]]:
+        """One record per cluster, in input order of the kept documents: ``kept``, ``size``, ``members``
+        (every id, the kept one first) and ``examples`` (the first ``examples`` members' ids and the first
+        200 characters of their text)."""
+        for kept, members in self._clusters.items():
+            yield {"kept": kept, "size": len(members), "members": list(members),
+                   "examples": [{"id": m, "text": self._starts[m]} for m in members[:examples]]}
+
+    def summary(self) -> dict[str, int]:
+        """Clusters found in the last run and the documents they hold (kept and dropped)."""
+        return {"clusters": len(self._clusters), "documents_in_clusters": sum(map(len, self._clusters.values()))}

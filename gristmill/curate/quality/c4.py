@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -31,6 +31,7 @@ from gristmill.formats.document import Document
 # Notices C4 removed line by line (lower-cased substrings).
 POLICY_PHRASES = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies",
                   "use cookies")
+_POLICY = re.compile("|".join(map(re.escape, POLICY_PHRASES)))
 _CITATION = re.compile(r"\[\d*\]|\[edit\]|\[citation needed\]", re.IGNORECASE)
 _SENTENCE_END = re.compile(r"[.!?\u2026]+[\"'\u2019\u201d)\]]*(?=\s|$)")
 
@@ -62,9 +63,14 @@ class C4Step(Config):
     min_lines: int = Field(default=0, ge=0, le=100_000)
     """Drop documents with fewer lines than this after the line clean-up (reason ``too_few_lines``); C4 has
     no such rule (0), 3 is a common stricter choice."""
-    store_signals: bool = False
-    """Also store the signals in ``meta.quality`` (``c4_sentences``, ``c4_lines``, ``c4_lines_removed``,
+    store_signals: bool = True
+    """Store the signals in ``meta.quality`` (``c4_sentences``, ``c4_lines``, ``c4_lines_removed``,
     ``c4_lorem_ipsum``, ``c4_curly_bracket``), so thresholds can be applied again later."""
+
+    REASON_KEYS: ClassVar[dict[str, str]] = {
+        "lorem_ipsum": "lorem_ipsum", "curly_bracket": "curly_bracket",
+        "too_few_sentences": "min_sentences (or terminal_punct: false for verse and lists)",
+        "too_few_lines": "min_lines"}
 
 
 class C4Filter(SignalFilter):
@@ -90,34 +96,42 @@ class C4Filter(SignalFilter):
         self.limits["c4_sentences"] = Limit("too_few_sentences", low=cfg.min_sentences)
         self.limits["c4_lines"] = Limit("too_few_lines", low=cfg.min_lines)
 
-    def line_reason(self, line: str) -> str | None:
-        """Why C4 removes this (stripped, citation-free) line, or None to keep it."""
+    def line_reason(self, line: str, javascript: bool = True, policy: bool = True) -> str | None:
+        """Why C4 removes this (stripped, citation-free) line, or None to keep it. ``javascript`` and
+        ``policy`` false: the text holds no such notice, those checks are skipped."""
         cfg = self.cfg
         words = line.split()
         if len(words) < cfg.min_words_per_line:
             return "too_few_words"
         if cfg.terminal_punct and not line.endswith(TERMINAL_PUNCT):
             return "no_terminal_punct"
-        if any(len(w) > cfg.max_word_length for w in words):
-            return "long_word"
-        lower = line.lower()
-        if cfg.javascript_lines and "javascript" in lower:
-            return "javascript"
-        if cfg.policy_lines and any(p in lower for p in POLICY_PHRASES):
-            return "policy"
+        if len(line) > cfg.max_word_length and max(map(len, words)) > cfg.max_word_length:
+            return "long_word"  # (a line no longer than the limit cannot hold a longer word)
+        if javascript or policy:
+            lower = line.lower()
+            if javascript and cfg.javascript_lines and "javascript" in lower:
+                return "javascript"
+            if policy and cfg.policy_lines and _POLICY.search(lower):
+                return "policy"
         return None
 
     def clean(self, text: str) -> tuple[str, Counter[str]]:
         """The kept lines joined by newlines (blank lines go too), and the removed lines counted by reason."""
         kept: list[str] = []
         removed: Counter[str] = Counter()
+        cfg = self.cfg
+        # Notices are rare: look for them in the whole text once, and line by line only if it has one.
+        lower = text.lower() if cfg.javascript_lines or cfg.policy_lines else ""
+        javascript = cfg.javascript_lines and "javascript" in lower
+        policy = cfg.policy_lines and _POLICY.search(lower) is not None
+        citations = cfg.remove_citations and "[" in text
         for raw in text.split("\n"):
             line = raw.strip()
             if not line:
                 continue
-            if self.cfg.remove_citations:
+            if citations and "[" in line:
                 line = _CITATION.sub("", line).strip()
-            reason = self.line_reason(line)
+            reason = self.line_reason(line, javascript, policy)
             if reason is None:
                 kept.append(line)
             else:

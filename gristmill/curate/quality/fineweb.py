@@ -10,7 +10,7 @@ non-empty lines, stripped; a line is short at 30 characters or fewer.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -21,8 +21,8 @@ from gristmill.curate.text import TERMINAL_PUNCT, Limit, SignalFilter, TextView,
 class FineWebStep(Config):
     """FineWeb's line rules. Defaults are the published FineWeb thresholds."""
 
-    type: Literal["fineweb_quality"] = "fineweb_quality"
-    """``fineweb_quality``."""
+    type: Literal["fineweb"] = "fineweb"
+    """``fineweb``."""
     min_line_punct_ratio: float = Field(default=0.12, ge=0.0, le=1.0)
     """Drop documents where fewer than this share of lines end in terminal punctuation
     (``. ! ? " ' ” ’ …``; reason ``line_punct_ratio``)."""
@@ -35,15 +35,20 @@ class FineWebStep(Config):
     characters (reason ``dup_line_chars``)."""
     max_newline_ratio: float = Field(default=0.3, ge=0.0, le=100.0)
     """Drop documents with more line breaks than this per word (reason ``newline_ratio``)."""
-    store_signals: bool = False
-    """Also store every signal in ``meta.quality`` (``fineweb_line_punct_ratio`` ...), so thresholds can be
-    applied again later without the text."""
+    store_signals: bool = True
+    """Measure every signal of every document and store them in ``meta.quality``
+    (``fineweb_line_punct_ratio`` ...), so thresholds can be applied again later without the text; false:
+    stop at the first broken limit and store nothing."""
+
+    REASON_KEYS: ClassVar[dict[str, str]] = {
+        "line_punct_ratio": "min_line_punct_ratio", "short_line_ratio": "max_short_line_ratio / short_line_chars",
+        "dup_line_chars": "max_dup_line_chars", "newline_ratio": "max_newline_ratio"}
 
 
 class FineWebFilter(SignalFilter):
     """Drop documents by FineWeb's line rules (see the module docstring)."""
 
-    name = "fineweb_quality"
+    name = "fineweb"
 
     def __init__(self, cfg: FineWebStep | None = None, views: TextViews | None = None) -> None:
         cfg = cfg if cfg is not None else FineWebStep()

@@ -16,21 +16,28 @@ signal is a named value (``gopher_word_count`` ...) that ``store_signals`` keeps
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from typing import Annotated, Literal
+from collections.abc import Iterable, Iterator
+from itertools import chain
+from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
 
-import numpy as np
 from pydantic import Field, model_validator
 
 from gristmill.core.config import Config
 from gristmill.curate.text import Limit, SignalFilter, TextView, TextViews, fraction, repeated
+from gristmill.data.step import StepStats
+from gristmill.formats.document import Document
+
+if TYPE_CHECKING:
+    import numpy as np
 
 STOP_WORDS = ("the", "be", "to", "of", "and", "that", "have", "with")
+_STOP_SET = frozenset(STOP_WORDS)
 # Characters that open a bulleted line: typographic bullets and the ASCII ones Markdown uses.
 BULLETS = ("-", "*", "\u2022", "\u2023", "\u2043", "\u25e6", "\u25cf", "\u25cb", "\u25aa", "\u25ab",
            "\u25a0", "\u25a1", "\u25ba", "\u25b6", "\u27a2", "\u2013", "\u00b7")
 _ELLIPSES = ("...", "\u2026")
-_HAS_LETTER = re.compile(r"[^\W\d_]")
+# A whitespace-separated token without a letter: digits, underscores and symbols only.
+_NO_LETTER_WORD = re.compile(r"(?<!\S)(?:[\d_]|[^\w\s])+(?!\S)")
 
 Share = Annotated[float, Field(ge=0.0, le=1.0)]
 """A share of lines, words or characters, from 0 to 1."""
@@ -65,9 +72,15 @@ class GopherQualityStep(Config):
     min_stop_words: int = Field(default=2, ge=0, le=len(STOP_WORDS))
     """Drop documents containing fewer than this many distinct words of *the, be, to, of, and, that, have,
     with* (reason ``stop_words``); the rule removes text that is not English sentences."""
-    store_signals: bool = False
-    """Also store every signal in ``meta.quality`` (``gopher_word_count`` ...), so thresholds can be applied
-    again later without the text; measuring every signal makes the filter slower."""
+    store_signals: bool = True
+    """Measure every signal of every document and store them in ``meta.quality`` (``gopher_word_count``
+    ...), so thresholds can be applied again later without the text (and the data card can draw them);
+    false: stop at the first broken limit and store nothing, a little faster."""
+
+    REASON_KEYS: ClassVar[dict[str, str]] = {
+        "word_count": "min_words / max_words", "mean_word_length": "min_mean_word_length / max_mean_word_length",
+        "hash_ratio": "max_hash_ratio", "ellipsis_ratio": "max_ellipsis_ratio", "bullet_lines": "max_bullet_lines",
+        "ellipsis_lines": "max_ellipsis_lines", "alpha_words": "min_alpha_words", "stop_words": "min_stop_words"}
 
     @model_validator(mode="after")
     def _ordered(self) -> GopherQualityStep:
@@ -105,9 +118,15 @@ class GopherRepetitionStep(Config):
     """For each n: drop documents where the words inside repeats of an earlier n-gram (each word counted
     once however many repeats overlap it) hold more than this share of the word characters (reason
     ``dup_<n>gram_chars``)."""
-    store_signals: bool = False
-    """Also store every signal in ``meta.quality`` (``gopher_dup_line_fraction`` ...), so thresholds can be
-    applied again later without the text; measuring every signal makes the filter slower."""
+    store_signals: bool = True
+    """Measure every signal of every document and store them in ``meta.quality``
+    (``gopher_dup_line_fraction`` ...), so thresholds can be applied again later without the text; false:
+    stop at the first broken limit and store nothing, a little faster."""
+
+    REASON_KEYS: ClassVar[dict[str, str]] = {
+        "dup_line_fraction": "max_dup_line_fraction", "dup_para_fraction": "max_dup_para_fraction",
+        "dup_line_chars": "max_dup_line_chars", "dup_para_chars": "max_dup_para_chars",
+        "top_": "max_top_ngram_chars", "dup_": "max_dup_ngram_chars"}
 
 
 class GopherQualityFilter(SignalFilter):
@@ -141,41 +160,54 @@ class GopherQualityFilter(SignalFilter):
         lines = view.lines
         yield "gopher_bullet_lines", fraction(sum(line.startswith(BULLETS) for line in lines), len(lines))
         yield "gopher_ellipsis_lines", fraction(sum(line.endswith(_ELLIPSES) for line in lines), len(lines))
-        yield "gopher_alpha_words", fraction(sum(_HAS_LETTER.search(w) is not None for w in words), n)
-        yield "gopher_stop_words", len(set(STOP_WORDS).intersection(bare))
+        yield "gopher_alpha_words", fraction(n - len(_NO_LETTER_WORD.findall(text)), n)
+        # Lowercase only the distinct words: the stop words are compared case-blind.
+        yield "gopher_stop_words", len(_STOP_SET.intersection(map(str.lower, set(bare))))
 
 
 class WordNGrams:
     """The word n-grams of one text as 64-bit hashes, for counting repeats with array operations.
 
-    Each distinct word gets an integer id; an n-gram's hash is the polynomial of its ids modulo 2^64,
-    extended from the (n-1)-gram hashes, so asking for n = 2, 3, ..., 10 costs one array pass per n.
-    A repeat is a position whose hash occurred at an earlier position.
+    Each word's id is its Python string hash (equal words, equal ids; within one process, which is all a
+    document's measurement needs); an n-gram's hash is the polynomial of its ids modulo 2^64, extended from
+    the (n-1)-gram hashes, so asking for n = 2, 3, ..., 10 costs one array pass per n. A repeat is a
+    position whose hash occurred at an earlier position. A text with no repeated n-gram has no repeated
+    longer one either (each contains an n-gram), so once some n has none the longer ones cost nothing.
+    numpy is imported here, when a document is first measured, so that loading a recipe does not import it.
     """
 
-    _BASE = np.uint64(0x9E3779B97F4A7C15)  # odd, so every word position changes the hash
+    _BASE = 0x9E3779B97F4A7C15  # odd, so every word position changes the hash
 
     def __init__(self, words: list[str]) -> None:
-        vocab: dict[str, int] = {}
-        ids = np.fromiter((vocab.setdefault(w, len(vocab)) for w in words), dtype=np.uint64, count=len(words))
-        self.lengths = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
+        import numpy as np
+
+        n = len(words)
+        ids = np.fromiter(map(hash, words), dtype=np.int64, count=n).view(np.uint64)
+        self.lengths = np.fromiter(map(len, words), dtype=np.int64, count=n)
         self.total_chars = int(self.lengths.sum())
         self._chars_before = np.concatenate(([0], np.cumsum(self.lengths)))
         self._hashes: dict[int, np.ndarray] = {1: ids}
+        self._none_from = n + 1
+        """The smallest n known to have no repeated n-gram."""
 
     def hashes(self, n: int) -> np.ndarray:
         """Hash of the n-gram starting at each position (``len(words) - n + 1`` of them)."""
+        import numpy as np
+
         have = max(k for k in self._hashes if k <= n)
         h = self._hashes[have]
         ids = self._hashes[1]
+        base = np.uint64(self._BASE)
         for k in range(have + 1, n + 1):
-            h = h[:-1] * self._BASE + ids[k - 1 :]
+            h = h[:-1] * base + ids[k - 1 :]
             self._hashes[k] = h
         return h
 
     def _groups(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Positions of the n-grams sorted by hash (stable: equal n-grams stay in text order), and where
         each run of equal n-grams starts in that order."""
+        import numpy as np
+
         h = self.hashes(n)
         order = np.argsort(h, kind="stable")
         sorted_h = h[order]
@@ -186,11 +218,18 @@ class WordNGrams:
     def top_chars(self, n: int) -> float:
         """Share of the word characters taken by the most frequent n-gram at all its occurrences (the
         longest, among equally frequent ones); 0 if no n-gram occurs twice."""
+        import numpy as np
+
+        if n >= self._none_from:
+            return 0.0
         order, opens = self._groups(n)
         if len(order) < 2 or opens.all():
+            self._none_from = min(self._none_from, n)
             return 0.0
         run_starts = np.flatnonzero(opens)
-        counts = np.diff(run_starts, append=len(order))
+        counts = np.empty(len(run_starts), dtype=np.int64)  # run lengths (np.diff costs more per call)
+        np.subtract(run_starts[1:], run_starts[:-1], out=counts[:-1])
+        counts[-1] = len(order) - run_starts[-1]
         top = int(counts.max())
         firsts = order[run_starts[counts == top]]
         gram_chars = self._chars_before[firsts + n] - self._chars_before[firsts]
@@ -199,9 +238,14 @@ class WordNGrams:
     def dup_chars(self, n: int) -> float:
         """Share of the word characters inside repeats of an earlier n-gram; a word covered by several
         overlapping repeats counts once."""
+        import numpy as np
+
+        if n >= self._none_from:
+            return 0.0
         order, opens = self._groups(n)
         repeats = order[~opens]  # every occurrence but the first of each n-gram
         if not len(repeats):
+            self._none_from = min(self._none_from, n)
             return 0.0
         # +1 where a repeat starts, -1 where it ends: a word is covered where the running sum is positive.
         size = len(self.lengths) + 1
@@ -232,6 +276,41 @@ class GopherRepetitionFilter(SignalFilter):
             self.limits[f"gopher_dup_{n}gram_chars"] = Limit(f"dup_{n}gram_chars",
                                                              high=cfg.max_dup_ngram_chars[n])
 
+    batch_size = 256
+    """Documents whose word n-grams are measured together (:func:`batch_ngram_signals`): array work per
+    batch instead of per document, which is what short documents cost ..."""
+    batch_chars = 500_000
+    """... or fewer, once they hold this many characters (the working memory; the shared views keep 2M)."""
+
+    def run(self, docs: Iterable[Document], stats: StepStats) -> Iterator[Document]:
+        batch: list[Document] = []
+        chars = 0
+        for doc in docs:
+            batch.append(doc)
+            chars += len(doc.text)
+            if len(batch) == self.batch_size or chars >= self.batch_chars:
+                yield from self._judge(batch, stats)
+                batch, chars = [], 0
+        yield from self._judge(batch, stats)
+
+    def _judge(self, batch: list[Document], stats: StepStats) -> Iterator[Document]:
+        if not batch:
+            return
+        views = [self.views.of(doc.text) for doc in batch]
+        grams = batch_ngram_signals([v.words for v in views], self.top_ns, self.dup_ns)
+        for doc, values in zip(batch, grams, strict=True):
+            self._grams = values
+            try:
+                reason = self.reject(doc)
+            finally:
+                self._grams = None
+            if reason is None:
+                yield doc
+            else:
+                stats.drop(doc, reason)
+
+    _grams: dict[str, float] | None = None
+
     def measure(self, view: TextView) -> Iterator[tuple[str, float]]:
         lines, paragraphs = view.lines, view.paragraphs
         dup_lines, dup_line_chars = repeated(lines)
@@ -240,8 +319,98 @@ class GopherRepetitionFilter(SignalFilter):
         yield "gopher_dup_para_fraction", fraction(dup_paras, len(paragraphs))
         yield "gopher_dup_line_chars", fraction(dup_line_chars, sum(map(len, lines)))
         yield "gopher_dup_para_chars", fraction(dup_para_chars, sum(map(len, paragraphs)))
+        if self._grams is not None:  # measured with the rest of its batch
+            for n in self.top_ns:
+                yield f"gopher_top_{n}gram_chars", self._grams[f"top_{n}"]
+            for n in self.dup_ns:
+                yield f"gopher_dup_{n}gram_chars", self._grams[f"dup_{n}"]
+            return
         grams = WordNGrams(view.words)
         for n in self.top_ns:
             yield f"gopher_top_{n}gram_chars", grams.top_chars(n)
         for n in self.dup_ns:
             yield f"gopher_dup_{n}gram_chars", grams.dup_chars(n)
+
+
+_DOC_MIX = 0xD6E8FEB86659FD93  # odd: spreads the document number over a key's 64 bits
+
+
+def batch_ngram_signals(word_lists: list[list[str]], top_ns: Iterable[int],
+                        dup_ns: Iterable[int]) -> list[dict[str, float]]:
+    """:meth:`WordNGrams.top_chars` and :meth:`WordNGrams.dup_chars` for many texts at once, the same
+    values (``{"top_2": ..., "dup_5": ...}`` per text).
+
+    The texts' words are laid end to end; an n-gram is kept where it ends inside its own text, and its
+    key mixes its hash with its text's number, so one sort finds the repeats of every text. A repeated
+    (n+1)-gram starts where a repeated n-gram does, so after each n only the members of repeated groups
+    go on to n+1: the arrays shrink fast, and once no text repeats an n-gram the longer ones are all 0.
+    """
+    import numpy as np
+
+    tops, dups = set(top_ns), set(dup_ns)
+    out = [dict.fromkeys([f"top_{n}" for n in tops] + [f"dup_{n}" for n in dups], 0.0) for _ in word_lists]
+    if not out or not (tops or dups):
+        return out
+    b = len(word_lists)
+    counts = np.fromiter(map(len, word_lists), dtype=np.int64, count=b)
+    ends = np.cumsum(counts)
+    n_words = int(ends[-1])
+    ids = np.fromiter(map(hash, chain.from_iterable(word_lists)), dtype=np.int64, count=n_words).view(np.uint64)
+    lengths = np.fromiter(map(len, chain.from_iterable(word_lists)), dtype=np.int64, count=n_words)
+    doc_of = np.repeat(np.arange(b, dtype=np.int64), counts)
+    total = np.bincount(doc_of, weights=lengths, minlength=b)  # exact: sums of small integers
+    chars_before = np.zeros(n_words + 1, dtype=np.int64)
+    np.cumsum(lengths, out=chars_before[1:])
+    has_chars = total > 0
+    pos = np.arange(n_words, dtype=np.int64)
+    h = ids.copy()
+    base = np.uint64(WordNGrams._BASE)
+    last = max(tops | dups)
+    for n in range(1, last + 1):
+        if n > 1:
+            inside = pos + (n - 1) < ends[doc_of[pos]]  # the n-gram ends inside its own text
+            pos, h = pos[inside], h[inside]
+            h = h * base + ids[pos + (n - 1)]
+        if n not in tops and n not in dups:
+            continue
+        if len(pos) < 2:
+            break
+        key = h ^ (doc_of[pos].astype(np.uint64) * np.uint64(_DOC_MIX))
+        order = np.argsort(key)
+        sorted_key, sorted_pos = key[order], pos[order]
+        opens = np.empty(len(sorted_key), dtype=bool)
+        opens[0] = True
+        np.not_equal(sorted_key[1:], sorted_key[:-1], out=opens[1:])
+        starts = np.flatnonzero(opens)
+        sizes = np.empty(len(starts), dtype=np.int64)
+        np.subtract(starts[1:], starts[:-1], out=sizes[:-1])
+        sizes[-1] = len(sorted_key) - starts[-1]
+        repeated_runs = sizes >= 2
+        if not repeated_runs.any():
+            break  # no text repeats an n-gram, so none repeats a longer one: every later value stays 0
+        run_of = np.cumsum(opens) - 1
+        if n in tops:
+            first = sorted_pos[starts[repeated_runs]]  # any member: equal n-grams have equal characters
+            size = sizes[repeated_runs]
+            doc = doc_of[first]
+            top = np.zeros(b, dtype=np.int64)
+            np.maximum.at(top, doc, size)
+            best = size == top[doc]
+            gram = chars_before[first + n] - chars_before[first]
+            longest = np.zeros(b, dtype=np.int64)
+            np.maximum.at(longest, doc[best], gram[best])
+            value = np.where(has_chars, (top * longest) / np.where(has_chars, total, 1.0), 0.0)
+            for i in np.flatnonzero(top >= 2).tolist():
+                out[i][f"top_{n}"] = float(value[i])
+        if n in dups:
+            first_pos = np.minimum.reduceat(sorted_pos, starts)  # each run's first occurrence
+            repeats = sorted_pos[sorted_pos != first_pos[run_of]]
+            depth = np.cumsum(np.bincount(repeats, minlength=n_words + 1)
+                              - np.bincount(repeats + n, minlength=n_words + 1))
+            covered = depth[:n_words] > 0
+            dup = np.bincount(doc_of[covered], weights=lengths[covered], minlength=b)
+            for i in np.flatnonzero(dup).tolist():
+                out[i][f"dup_{n}"] = float(dup[i] / total[i])
+        member = repeated_runs[run_of]  # only members of repeated groups can repeat a longer n-gram
+        pos, h = sorted_pos[member], h[order][member]
+    return out
