@@ -20,7 +20,7 @@ from typing import Any
 
 from gristmill.core.stage import ReportContext
 from gristmill.report import compare, reading
-from gristmill.report.markdown import METRIC_NAMES, clip, flatten, fmt, human_bytes
+from gristmill.report.markdown import METRIC_NAMES, before_after_rows, clip, flatten, fmt, human_bytes
 from gristmill.report.plots import Panel, funnel_figure, line_figure
 from gristmill.report.runfiles import funnel, read_dict, read_metrics, stage_rows, tasks_block
 
@@ -178,18 +178,7 @@ def evaluation_section(rc: ReportContext) -> str:
                          + table(["task: metric", *(f"{n}/model" for n in names)], rows))
     ft = read_dict(rc.stage_dir("finetune") / "eval.json")
     if rc.manifests.get("finetune") and ft:
-        rows = []
-        for name, block in ft.items():
-            if not (isinstance(block, dict) and isinstance(block.get("before"), dict)):
-                continue
-            before, after = block["before"], block.get("after") or {}
-            what = {"chat_val": "chat val", "lm_val": "text val"}.get(name, name)
-            for k, b in before.items():
-                a = after.get(k)
-                if _is_number(b):
-                    change = a - b if _is_number(a) and k not in ("tokens", "bytes") else None
-                    rel = f"{change / b:+.1%}" if change is not None and b else None
-                    rows.append([f"{what}: {METRIC_NAMES.get(k, k)}", b, a, change, rel])
+        rows = [[*r, f"{r[3] / r[1]:+.1%}" if r[3] is not None and r[1] else None] for r in before_after_rows(ft)]
         if rows:
             parts.append(f"<h3>Before and after fine-tuning: <code>{esc(ft.get('base_model', ''))}</code> → "
                          "<code>finetune/model</code></h3>"

@@ -79,6 +79,23 @@ def table(header: list[str], rows: Iterable[list[Any]]) -> str:
     return "\n".join(lines)
 
 
+def before_after_rows(ft: dict[str, Any]) -> list[list[Any]]:
+    """``[label, before, after, change]`` for every number of ``finetune/eval.json``'s before/after blocks
+    (``chat_val``, ``lm_val``); counts (tokens, bytes) get no change."""
+    rows = []
+    for name, block in ft.items():
+        if not (isinstance(block, dict) and isinstance(block.get("before"), dict)):
+            continue
+        before, after = block["before"], block.get("after") or {}
+        what = {"chat_val": "chat val", "lm_val": "text val"}.get(name, name)
+        for k, b in before.items():
+            a = after.get(k)
+            if isinstance(b, int | float) and not isinstance(b, bool):
+                change = a - b if isinstance(a, int | float) and k not in ("tokens", "bytes") else None
+                rows.append([f"{what}: {METRIC_NAMES.get(k, k)}", b, a, change])
+    return rows
+
+
 def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     """{"a": {"b": 1}} -> {"a.b": 1}; lists and scalars are leaves."""
     if not isinstance(d, dict):

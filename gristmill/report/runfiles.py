@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from gristmill.core.jsonl import read_records
-from gristmill.report.markdown import read_json_or_none
+from gristmill.report.markdown import flatten, read_json_or_none
 
 
 def read_dict(path: Path) -> dict[str, Any]:
@@ -113,20 +113,10 @@ def tasks_block(block: Any) -> dict[str, dict[str, Any]]:
                     flat[name] = m
             flat.update({k: rec[k] for k in ("items", "num_fewshot") if k in rec})
         else:
-            flat = _flatten(rec) if isinstance(rec, dict) else {"value": rec}
+            flat = flatten(rec)  # a bare number becomes metric "value"
         flat = {k: v for k, v in flat.items() if v is None or (isinstance(v, int | float) and not isinstance(v, bool))}
         if flat:
             out[str(task)] = flat
-    return out
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
     return out
 
 

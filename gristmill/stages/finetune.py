@@ -287,7 +287,7 @@ def reads(cfg: FinetuneConfig) -> tuple[str, ...]:
 
 def report(rc: ReportContext) -> str:
     from gristmill.report.markdown import (
-        METRIC_NAMES,
+        before_after_rows,
         curve_section,
         read_json_or_none,
         table,
@@ -296,17 +296,7 @@ def report(rc: ReportContext) -> str:
     parts = [curve_section(rc, "finetune", "Fine-tuning", "nats per assistant token", "finetune_loss.svg")]
     ft = read_json_or_none(rc.stage_dir("finetune") / "eval.json")
     if isinstance(ft, dict):
-        rows = []
-        for name, block in ft.items():
-            if not (isinstance(block, dict) and isinstance(block.get("before"), dict)):
-                continue
-            before, after = block["before"], block.get("after") or {}
-            what = {"chat_val": "chat val", "lm_val": "text val"}.get(name, name)
-            for k, b in before.items():
-                a = after.get(k)
-                if isinstance(b, int | float) and not isinstance(b, bool):
-                    change = a - b if isinstance(a, int | float) and k not in ("tokens", "bytes") else None
-                    rows.append([f"{what}: {METRIC_NAMES.get(k, k)}", b, a, change])
+        rows = before_after_rows(ft)
         if rows:
             parts.append("### Before and after fine-tuning\n\nChat val: loss on the assistant tokens of synth's "
                          "validation conversations. Text val: the language-model metrics on tokenize's "
