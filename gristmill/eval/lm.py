@@ -114,11 +114,13 @@ def prefix_bytes(tokens: np.ndarray, decode: Callable[[list[int]], str]) -> int:
 
 
 
-def text_tokens(tokenizer, texts: Iterable[str], max_chars: int | None = None) -> tuple[np.ndarray, int, int]:
+def text_tokens(tokenizer, texts: Iterable[str], max_chars: int | None = None,
+                max_tokens: int | None = None) -> tuple[np.ndarray, int, int]:
     """What a model scores for ``texts``: each text's tokens followed by ``<|endoftext|>`` (as the tokenize
     stage writes ``val.bin``), the UTF-8 bytes of the text, and how many texts were used. ``max_chars``
     cuts the texts after that many characters in total (the last one mid-way), so every tokenizer reads
-    exactly the same text and bits per byte compare across models."""
+    exactly the same text and bits per byte compare across models. ``max_tokens`` stops encoding once that
+    many tokens are there and keeps exactly that many (the bytes are then those of the text they encode)."""
     from gristmill.tokenizer.bpe import encode_documents
 
     kept, left = [], max_chars
@@ -130,7 +132,15 @@ def text_tokens(tokenizer, texts: Iterable[str], max_chars: int | None = None) -
             left -= len(t)
         kept.append(t)
     ids: list[int] = []
+    used = 0
     for doc_ids in encode_documents(tokenizer, kept):
         ids += doc_ids
         ids.append(EOT_ID)
-    return np.asarray(ids, dtype=np.int64), sum(len(t.encode("utf-8")) for t in kept), len(kept)
+        used += 1
+        if max_tokens is not None and len(ids) >= max_tokens:
+            break
+    tokens = np.asarray(ids, dtype=np.int64)
+    if max_tokens is not None and len(tokens) > max_tokens:
+        tokens = tokens[:max_tokens]
+        return tokens, prefix_bytes(tokens, lambda i: tokenizer.decode(i, skip_special_tokens=True)), used
+    return tokens, sum(len(t.encode("utf-8")) for t in kept[:used]), used

@@ -18,9 +18,10 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from gristmill.core.config import flatten
 from gristmill.core.stage import ReportContext
 from gristmill.report import compare, reading
-from gristmill.report.markdown import METRIC_NAMES, before_after_rows, clip, flatten, fmt, human_bytes
+from gristmill.report.markdown import METRIC_NAMES, before_after_rows, clip, fmt, human_bytes
 from gristmill.report.plots import Panel, funnel_figure, line_figure
 from gristmill.report.runfiles import funnel, read_dict, read_metrics, stage_rows, tasks_block
 

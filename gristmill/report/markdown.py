@@ -96,20 +96,6 @@ def before_after_rows(ft: dict[str, Any]) -> list[list[Any]]:
     return rows
 
 
-def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    """{"a": {"b": 1}} -> {"a.b": 1}; lists and scalars are leaves."""
-    if not isinstance(d, dict):
-        return {prefix or "value": d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}.{k}" if prefix else str(k)
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, key))
-        else:
-            out[key] = v
-    return out
-
-
 def fenced(text: str) -> str:
     """A code block that survives backticks inside the text."""
     ticks = 3

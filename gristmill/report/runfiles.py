@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gristmill.core.config import flatten
 from gristmill.core.jsonl import read_records
-from gristmill.report.markdown import flatten, read_json_or_none
+from gristmill.report.markdown import read_json_or_none
 
 
 def read_dict(path: Path) -> dict[str, Any]:

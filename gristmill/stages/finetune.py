@@ -41,7 +41,9 @@ def _lm_tokens(ctx: StageContext, cfg: FinetuneConfig, tokenizer: Any) -> tuple[
     compare across tokenizers)."""
     import numpy as np
 
-    from gristmill.eval.lm import prefix_bytes
+    from gristmill.eval.lm import prefix_bytes, text_tokens
+    from gristmill.formats.document import read_documents
+    from gristmill.formats.vocab import EOT_ID
     from gristmill.train.batches import load_tokens, read_meta
 
     max_tokens = cfg.lm_eval_tokens
@@ -50,24 +52,13 @@ def _lm_tokens(ctx: StageContext, cfg: FinetuneConfig, tokenizer: Any) -> tuple[
         meta = read_meta(tok_dir)
         tokens = load_tokens(tok_dir / "val.bin", meta["dtype"])
         n_bytes = int(meta["splits"]["val"]["bytes"])
-    else:
-        from gristmill.formats.document import read_documents
-        from gristmill.formats.vocab import EOT_ID
-        from gristmill.tokenizer.bpe import encode_documents
-
-        texts = [d.text for d in read_documents(ctx.input_dir("prepare"), "val")]
-        ids: list[int] = []
-        for doc_ids in encode_documents(tokenizer, texts):
-            ids += doc_ids + [EOT_ID]
-            if max_tokens is not None and len(ids) >= max_tokens:
-                break
-        tokens = np.asarray(ids, dtype=np.int64)
-        n_bytes = sum(len(t.encode("utf-8")) for t in texts)
-        meta = {"eot_id": EOT_ID}
-    if max_tokens is not None and max_tokens < len(tokens):
-        tokens = np.asarray(tokens[:max_tokens])
-        n_bytes = prefix_bytes(tokens, lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
-    return tokens, n_bytes, int(meta["eot_id"])
+        if max_tokens is not None and max_tokens < len(tokens):
+            tokens = np.asarray(tokens[:max_tokens])
+            n_bytes = prefix_bytes(tokens, lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
+        return tokens, n_bytes, int(meta["eot_id"])
+    texts = (d.text for d in read_documents(ctx.input_dir("prepare"), "val"))
+    tokens, n_bytes, _ = text_tokens(tokenizer, texts, max_tokens=max_tokens)
+    return tokens, n_bytes, EOT_ID
 
 
 def _rounded(d: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -58,7 +58,8 @@ def section_models(rc: ReportContext) -> str:
 
 def section_stats(rc: ReportContext) -> str:
     """Every stage's stats as reported by the stage, flattened."""
-    from gristmill.report.markdown import flatten, table
+    from gristmill.core.config import flatten
+    from gristmill.report.markdown import table
 
     parts = []
     for st in _stages():

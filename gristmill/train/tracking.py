@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gristmill.core.config import flatten
 from gristmill.core.extras import require
 
 
@@ -35,7 +36,7 @@ class Tracker:
             mlf.set_experiment("gristmill")
             mlf.start_run(run_name=run_name)
             if params:
-                mlf.log_params({k: str(v)[:250] for k, v in _flatten(params).items()})
+                mlf.log_params({k: str(v)[:250] for k, v in flatten(params).items()})
             self._mlflow = mlf
 
     def _truncate_after(self, step: int) -> None:
@@ -68,13 +69,3 @@ class Tracker:
             self._tb.close()
         if self._mlflow is not None:
             self._mlflow.end_run()
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out

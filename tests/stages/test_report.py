@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from gristmill.core.config import flatten
 from gristmill.core.jsonl import write_jsonl
 from gristmill.core.workspace import StageContext, write_json
 from gristmill.report.config import ReportConfig
-from gristmill.report.markdown import curve_table, flatten, read_curve
+from gristmill.report.markdown import curve_table, read_curve
 from gristmill.report.svg import loss_svg, nice_ticks
 from gristmill.stages.report import build_report
 from gristmill.stages.report import run as run_report
