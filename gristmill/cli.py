@@ -161,7 +161,8 @@ def _serve_config(args: argparse.Namespace):
     recorded = Path(args.path) / "recipe.json"
     if recorded.is_file():
         data = dict(read_json(recorded).get("serve") or {})
-    for key in ("host", "port", "api_key_file", "model", "device", "max_batch", "max_queue", "merge_adapter"):
+    for key in ("host", "port", "api_key_file", "model", "device", "max_batch", "max_queue", "merge_adapter",
+                "weights"):
         if getattr(args, key, None) is not None:
             data[key] = getattr(args, key)
     return validate(ServeConfig, data, "serve options")
@@ -176,6 +177,9 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
                         "(or set GRISTMILL_API_KEY)")
     p.add_argument("--max-batch", dest="max_batch", type=int, help="most sequences decoded together")
     p.add_argument("--max-queue", dest="max_queue", type=int, help="most requests waiting; more get 503")
+    p.add_argument("--weights", choices=("auto", "fp32", "bf16", "int8", "int4"),
+                   help="weight format (default auto: the fastest whose perplexity is within 1%% of fp32's; "
+                        "int8 and int4 run on the CPU only)")
     p.add_argument("--no-merge", dest="merge_adapter", action="store_const", const=False,
                    help="serve a LoRA adapter folder as base + adapter layers instead of merging them at load")
     p.add_argument("--api-key", dest="api_key", help="the key itself (visible to other users in the process "
@@ -243,6 +247,9 @@ def _chat_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--seed", type=int)
+    p.add_argument("--weights", choices=("auto", "fp32", "bf16", "int8", "int4"), default="auto",
+                   help="weight format (default auto: the fastest whose perplexity is within 1%% of fp32's; "
+                        "int8 and int4 run on the CPU only)")
 
 
 @command("chat", "talk with a model in the terminal (/reset, /exit)", _chat_args)
@@ -250,7 +257,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from gristmill.serve.chat_cli import chat
 
     return chat(Path(args.path), args.device or "auto", args.system, model=args.model or "auto",
-                max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+                max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+                weights=args.weights)
 
 
 def _show_docs_args(p: argparse.ArgumentParser) -> None:

@@ -8,6 +8,7 @@ so a document is split into words, lines and paragraphs once for all of them.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from gristmill.curate import config as c
@@ -28,12 +29,16 @@ from gristmill.data.step import Step
 
 class BuildContext:
     """What some steps need beyond their own config: the shared text views, the run's validation share,
-    and the held-out texts for decontamination (read by the stage, which knows the files)."""
+    the held-out texts for decontamination (read by the stage, which knows the files), and the scratch
+    folder where the steps that read their stream twice park documents (None: the system's temporary
+    folder)."""
 
-    def __init__(self, val_fraction: float, held_out: Iterable[tuple[str, str]] = ()) -> None:
+    def __init__(self, val_fraction: float, held_out: Iterable[tuple[str, str]] = (),
+                 work_dir: Path | None = None) -> None:
         self.views = TextViews()
         self.val_fraction = val_fraction
         self.held_out = held_out
+        self.work_dir = work_dir
 
 
 BUILDERS: dict[type, Callable[[Any, BuildContext], Step]] = {
@@ -48,13 +53,15 @@ BUILDERS: dict[type, Callable[[Any, BuildContext], Step]] = {
     c.FineWebStep: lambda s, b: FineWebFilter(s, b.views),
     c.PIIStep: lambda s, b: RedactPII(s),
     c.ExactDedupStep: lambda s, b: ExactDedup(),
-    c.MinHashStep: lambda s, b: MinHashDedup(s),
-    c.DecontaminateStep: lambda s, b: Decontaminate(s, b.val_fraction, b.held_out),
+    c.MinHashStep: lambda s, b: MinHashDedup(s, b.work_dir),
+    c.DecontaminateStep: lambda s, b: Decontaminate(s, b.val_fraction, b.held_out, b.work_dir),
 }
 
 
-def build_steps(cfg: c.PrepareConfig, held_out: Iterable[tuple[str, str]] = ()) -> list[Step]:
+def build_steps(cfg: c.PrepareConfig, held_out: Iterable[tuple[str, str]] = (),
+                work_dir: Path | None = None) -> list[Step]:
     """The step list a config asks for, in order, with the split last. ``held_out``: ``(label, text)``
-    pairs the decontamination step checks training documents against (besides the validation split)."""
-    ctx = BuildContext(cfg.val_fraction, held_out)
+    pairs the decontamination step checks training documents against (besides the validation split);
+    ``work_dir``: scratch folder for the steps that spool documents to disk."""
+    ctx = BuildContext(cfg.val_fraction, held_out, work_dir)
     return [BUILDERS[type(s)](s, ctx) for s in cfg.steps] + [AssignSplit(cfg.val_fraction)]

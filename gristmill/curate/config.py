@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from gristmill.core.config import Config, tagged_union
 from gristmill.curate import kinds
@@ -82,6 +82,20 @@ class PrepareConfig(ExecutorOptions):
     length, language, quality, PII), one collect shard each; None: one per CPU core (input under 16 MB
     is then run in this process). Deduplication and decontamination run after them in one process. The
     output is the same bytes for any number. ``--workers N`` on the command line sets it."""
+
+    _evaluate_files: tuple[list[str], list[str]] = PrivateAttr(default=([], []))
+
+    def link_evaluate(self, heldout_files: list[str], tasks: list[str]) -> None:
+        """Take note of the evaluate section's held-out files and task files (locations as the recipe
+        writes them), for the decontaminate step's ``from_evaluate``; the recipe calls this when it is
+        loaded. Not a key of this section: what they hold enters prepare's cache key as input files."""
+        self._evaluate_files = (list(heldout_files), list(tasks))
+
+    @property
+    def evaluate_files(self) -> tuple[list[str], list[str]]:
+        """``(evaluate.heldout_files, evaluate.tasks)`` of the recipe this section is in (empty lists when
+        it stands alone)."""
+        return self._evaluate_files
 
     @model_validator(mode="before")
     @classmethod

@@ -11,8 +11,8 @@ breaks do not hide a copy. A text with fewer than ``ngram`` words has no n-gram 
 summary counts such texts). Each distinct word gets an integer id; an n-gram is a 64-bit polynomial hash
 of its ids, so the index is one sorted array of 8 bytes per n-gram of held-out text.
 
-Validation documents pass through at once; training documents are held until the stream ends (the last
-validation document may come after them) and then judged, in their order. A dropped document's
+Validation documents pass through at once; training documents wait (on disk past a memory cap) until the
+stream ends (the last validation document may come after them) and are then judged, in their order. A dropped document's
 ``meta.contamination`` names how many distinct n-grams matched, the first match's words, and what it
 matched (``val:<id>`` or ``<file>:<record>``).
 """
@@ -57,7 +57,12 @@ class DecontaminateStep(Config):
     files: list[str] = []
     """Held-out and task files to check against too (paths, globs, folders or ``pkg://``): text files
     whole; ``.jsonl``/``.json`` one text per record (its string fields); YAML and Python task definitions
-    are skipped. Name here the files ``evaluate.heldout_files`` and ``evaluate.tasks`` use."""
+    are skipped. The files the recipe's evaluate section scores on are added by ``from_evaluate``."""
+    from_evaluate: bool = True
+    """Check against the files the recipe's evaluate section names too: ``evaluate.heldout_files`` and
+    the task files of ``evaluate.tasks`` with the local data files they name (evaluate's built-in tasks
+    are made from the validation split, which ``val`` covers). Their contents are part of prepare's cache
+    key, so changing one re-runs prepare."""
     min_matches: int = Field(default=1, ge=1, le=1_000_000)
     """Drop a training document that shares at least this many distinct n-grams (reason ``contaminated``)."""
 
@@ -178,15 +183,21 @@ class Decontaminate:
     """Drop training documents sharing ``min_matches`` n-grams with held-out text (reason ``contaminated``).
 
     ``texts``: ``(label, text)`` pairs of held-out text (read by the caller); ``val_fraction``: the run's,
-    so the step knows which documents are validation documents (``cfg.val``).
+    so the step knows which documents are validation documents (``cfg.val``). Memory: the n-gram index of
+    the held-out side (8 bytes per n-gram) and its vocabulary; training documents that must wait for the
+    validation split wait in a :class:`~gristmill.curate.spool.DocumentSpool` (in memory up to
+    ``memory_chars`` characters of text, then in a scratch file in ``work_dir``; None: the defaults).
     """
 
     name = "decontaminate"
 
     def __init__(self, cfg: DecontaminateStep | None = None, val_fraction: float = 0.0,
-                 texts: Iterable[tuple[str, str]] = ()) -> None:
+                 texts: Iterable[tuple[str, str]] = (), work_dir: Path | None = None,
+                 memory_chars: int | None = None) -> None:
         self.cfg = cfg if cfg is not None else DecontaminateStep()
         self.val_fraction = val_fraction
+        self.work_dir = work_dir
+        self.memory_chars = memory_chars
         self.index = NGramIndex(self.cfg.ngram)
         for label, text in texts:
             self.index.add(text, label)
@@ -195,25 +206,39 @@ class Decontaminate:
         """What the dropped documents matched: ``val`` or a file, with counts."""
 
     def run(self, docs: Iterable[Document], stats: StepStats) -> Iterator[Document]:
-        held: list[Document] = []
+        from gristmill.curate.spool import DocumentSpool
+
         check_val = self.cfg.val and self.val_fraction > 0
-        for doc in docs:
-            if self.val_fraction > 0 and split_of(doc.id, self.val_fraction) == "val":
-                if check_val:
-                    self.index.add(doc.text, f"val:{doc.id}")
+        # Training documents wait (on disk past a memory cap) until the last validation document has been indexed. Even
+        # when there is none to index they wait, so that the order of the output, and of the drops of the
+        # steps before this one, stays the same whatever is checked.
+        spool = DocumentSpool(self.work_dir, self.memory_chars)
+        try:
+            for doc in docs:
+                if self.val_fraction > 0 and split_of(doc.id, self.val_fraction) == "val":
+                    if check_val:
+                        self.index.add(doc.text, f"val:{doc.id}")
+                    yield doc
+                else:
+                    spool.add(doc)
+        except BaseException:
+            spool.close()
+            raise
+        for doc in spool:
+            if self._judge(doc, stats):
                 yield doc
-            else:
-                held.append(doc)
-        for doc in held:
-            found = self.index.matches(doc.text)
-            if found is None or found[0] < self.cfg.min_matches:
-                yield doc
-                continue
-            count, ngram, label = found
-            doc.meta["contamination"] = {"matches": count, "ngram": ngram, "against": label}
-            where = "val" if label.startswith("val:") else label.rsplit(":", 1)[0] if ":" in label else label
-            self.dropped_by[where] = self.dropped_by.get(where, 0) + 1
-            stats.drop(doc, "contaminated")
+
+    def _judge(self, doc: Document, stats: StepStats) -> bool:
+        """True to keep a training document; otherwise it is dropped through ``stats``."""
+        found = self.index.matches(doc.text)
+        if found is None or found[0] < self.cfg.min_matches:
+            return True
+        count, ngram, label = found
+        doc.meta["contamination"] = {"matches": count, "ngram": ngram, "against": label}
+        where = "val" if label.startswith("val:") else label.rsplit(":", 1)[0] if ":" in label else label
+        self.dropped_by[where] = self.dropped_by.get(where, 0) + 1
+        stats.drop(doc, "contaminated")
+        return False
 
     def summary(self) -> dict[str, Any]:
         """Texts indexed, n-grams in the index, and what the dropped documents matched."""

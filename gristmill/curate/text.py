@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import re
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from functools import cached_property
+from itertools import filterfalse
 from operator import methodcaller
+from typing import Any, Generic, TypeVar
 
 from gristmill.data.step import Filter
 from gristmill.formats.document import Document
@@ -36,33 +37,68 @@ _PARAGRAPH_BREAK = re.compile(r"\n[^\S\n]*\n\s*")
 # Punctuation stripped from both ends of a word before its length or its spelling is compared.
 _WORD_EDGE_PUNCT = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~\u2018\u2019\u201c\u201d\u2026\u2013\u2014\u00ab\u00bb"
 _STRIP_EDGES = methodcaller("strip", _WORD_EDGE_PUNCT)
+T = TypeVar("T")
+
+
+class _once(Generic[T]):
+    """A property computed on first use and then kept in the instance (``functools.cached_property``
+    without its lock, which on Python 3.11 costs more than splitting a short text)."""
+
+    def __init__(self, fn: Callable[[Any], T]) -> None:
+        self.fn = fn
+        self.name = fn.__name__
+        self.__doc__ = fn.__doc__
+
+    def __get__(self, obj: Any, cls: type | None = None) -> T:
+        if obj is None:  # looked up on the class (help(), introspection)
+            return self  # type: ignore[return-value]
+        value = obj.__dict__[self.name] = self.fn(obj)  # found in the instance from now on
+        return value
 
 
 class TextView:
     """One text split into words, lines and paragraphs, each computed on first use and then kept.
 
     ``words`` are whitespace-separated tokens as they stand; ``bare_words`` are the same stripped of
-    surrounding punctuation (case kept), without the tokens that were punctuation only. ``lines`` are the
+    surrounding punctuation (case kept), without the tokens that were punctuation only. ``odd_words`` are
+    the tokens that are not all letters (``str.isalpha`` false) and ``odd_bare`` the same stripped (empty
+    strings kept): only those can differ from their stripped form, so filters that need word lengths or
+    spellings without punctuation look at them alone rather than strip every word. ``lines`` are the
     non-empty lines, stripped; ``paragraphs`` are the blocks between blank lines, stripped.
     """
 
     def __init__(self, text: str) -> None:
         self.text = text
 
-    @cached_property
+    @_once
     def words(self) -> list[str]:
         return self.text.split()
 
-    @cached_property
+    @_once
     def bare_words(self) -> list[str]:
         # Every token stripped in C (methodcaller, filter): no Python frame per word.
         return list(filter(None, map(_STRIP_EDGES, self.words)))
 
-    @cached_property
+    @_once
+    def odd_words(self) -> list[str]:
+        # Most words of prose are all letters, and stripping punctuation leaves them as they are (none of
+        # the stripped characters is a letter).
+        return list(filterfalse(str.isalpha, self.words))
+
+    @_once
+    def odd_bare(self) -> list[str]:
+        return list(map(_STRIP_EDGES, self.odd_words))
+
+    @_once
+    def word_chars(self) -> int:
+        """Characters in all the words (the text without its whitespace)."""
+        return sum(map(len, self.words))
+
+    @_once
     def lines(self) -> list[str]:
         return list(filter(None, map(str.strip, self.text.split("\n"))))
 
-    @cached_property
+    @_once
     def paragraphs(self) -> list[str]:
         return list(filter(None, map(str.strip, _PARAGRAPH_BREAK.split(self.text))))
 

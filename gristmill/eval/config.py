@@ -55,5 +55,8 @@ class EvaluateConfig(Config):
     """Sample among the k most likely tokens (None or 0 = all)."""
     top_p: float | None = Field(None, gt=0, le=1)
     """Nucleus sampling threshold (None = off)."""
+    canary_candidates: int = Field(1000, ge=1)
+    """When the run planted canaries (``train.canaries``): random secrets of the same format each canary's
+    secret is ranked against; the highest exposure measurable is log2(canary_candidates + 1) bits."""
     device: str = "auto"
     """auto, cpu, cuda or cuda:N."""

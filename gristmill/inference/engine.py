@@ -21,9 +21,13 @@ area, until it is complete. Several choices of one prompt share its prefill: its
 their slots. The capacity grows (by doubling) when a sequence needs it and shrinks when long sequences are
 gone, so memory follows the longest running sequence rather than the model's whole context window.
 
+The forward passes run the model's blocks through :class:`~gristmill.inference.quant.PackedBlock`: the
+model's own fp32 modules, or (``EngineConfig.weights``) bf16, int8 or int4 copies with q/k/v and gate/up fused,
+a bf16 KV cache and the residual stream kept in fp32; the model itself is never changed.
+
 Every choice samples with :func:`~gristmill.inference.sampling.sample_next` and its own generator, and
 decodes through the same stop-string and UTF-8 logic as :class:`~gristmill.inference.stream.TextStream`,
-so a request gives the text :func:`~gristmill.inference.stream.generate` gives (batched matrix products
+so with fp32 weights a request gives the text :func:`~gristmill.inference.stream.generate` gives (batched matrix products
 round differently from single-row ones, so equality holds up to float rounding; greedy picks differ only
 where two tokens tie to within that rounding).
 
@@ -47,7 +51,8 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
-from gristmill.errors import GristmillError, InputError
+from gristmill.errors import ConfigError, GristmillError, InputError
+from gristmill.inference.quant import WEIGHT_FORMATS, PackedBlock, PackedLinear, check_format, head_format
 from gristmill.inference.sampling import (
     MAX_SEED,
     IncrementalDecoder,
@@ -58,6 +63,7 @@ from gristmill.inference.sampling import (
 )
 from gristmill.inference.stream import Completion, PromptTooLongError, encode_prompt, fit_prompt
 from gristmill.model.gpt import GPT, apply_rotary
+from gristmill.runtime import release_openmp_threads
 
 # ----------------------------------------------------------------------------------------------------
 # Public types
@@ -78,11 +84,18 @@ class EngineConfig:
     max_seq_len: int | None = None
     """Longest sequence (prompt + generated tokens); None = the model's ``block_size``. KV-cache memory is
     at most ``n_layer * (max_batch + 1) * max_seq_len * K * D * 2`` values."""
+    weights: str = "fp32"
+    """Weight format decoding runs in (:mod:`gristmill.inference.quant`): fp32 (the model's own), bf16,
+    int8 or int4 (weight-only, CPU), or auto: the fastest of int4 (CPU) and bf16 whose perplexity on a
+    fixed text stays within 1% of fp32's (:func:`resolve_weights`), else fp32. All but fp32 keep the KV
+    cache in bf16."""
 
     def __post_init__(self) -> None:
         for key in ("max_batch", "max_queue", "prefill_chunk"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.weights not in (*WEIGHT_FORMATS, "auto"):
+            raise ValueError(f"weights must be one of {', '.join(WEIGHT_FORMATS)} or auto, got {self.weights!r}")
         if self.max_seq_len is not None and self.max_seq_len < 2:
             raise ValueError(f"max_seq_len must be >= 2 (a prompt token and a generated one), got {self.max_seq_len}")
 
@@ -330,7 +343,7 @@ class SlotCache:
     def shrink(self, used: int) -> None:
         """Give memory back when every sequence fits in a quarter of the capacity."""
         target = self._fit(max(used, 1) * 2)
-        if target < self.capacity // 2:
+        if target <= self.capacity // 2:
             self._resize(target, keep=used)
 
     def copy(self, src: int, dst: int, length: int) -> None:
@@ -449,8 +462,14 @@ class Engine:
         self.context_length = self.config.max_seq_len or mc.block_size
         """Longest sequence, prompt plus generated tokens."""
         self.device = model.tok_emb.weight.device
+        self.weights, self.weights_check = resolve_weights(model, tokenizer, self.config.weights)
+        """The weight format decoding runs in, and what the ``auto`` quality check measured (None otherwise)."""
+        self.blocks = [PackedBlock(b, self.weights) for b in model.blocks]
+        head = model.lm_head.weight if model.lm_head is not None else model.tok_emb.weight  # [V,C]
+        self.head = PackedLinear(head, head_format(self.weights))
+        dtype = model.tok_emb.weight.dtype if self.weights == "fp32" else torch.bfloat16
         self.cache = SlotCache(mc.n_layer, self.config.max_batch, mc.kv_heads, mc.head_dim, self.context_length,
-                               self.device, model.tok_emb.weight.dtype)
+                               self.device, dtype)
         self._cv = threading.Condition()
         self._waiting: deque[RequestHandle] = deque()  # guarded by _cv
         self._cancelled: list[RequestHandle] = []  # guarded by _cv
@@ -478,6 +497,9 @@ class Engine:
             if self._closed:
                 raise EngineClosedError("the engine is closed; create a new one")
             if self._thread is None:
+                # the model was loaded (and packed) on this thread: its idle OpenMP workers would make
+                # libgomp stop spinning once the step thread has its own (see release_openmp_threads)
+                release_openmp_threads()
                 self._thread = threading.Thread(target=self._loop, name="gristmill-engine", daemon=True)
                 self._thread.start()
 
@@ -595,6 +617,18 @@ class Engine:
         finally:
             for h in handles:
                 self.cancel(h)
+
+    def perplexity(self, ids: Sequence[int]) -> float:
+        """Perplexity of token ids ``ids`` under this engine's weights: exp of the mean negative
+        log-likelihood of ``ids[1:]``, each given the tokens before it (one window: at most
+        :attr:`context_length` tokens). Touches no KV cache, so it may run beside the step loop."""
+        ids = [int(i) for i in ids]
+        if not 2 <= len(ids) <= self.context_length:
+            raise InputError(f"perplexity needs 2 to {self.context_length} tokens, got {len(ids)}")
+        with torch.inference_mode():
+            logits = self._forward_packed([ids], None, every=True).float()  # [T,V]
+            target = torch.tensor(ids[1:], dtype=torch.long, device=self.device)
+            return float(torch.exp(F.cross_entropy(logits[:-1], target)))
 
     def _budget(self, handle: RequestHandle) -> int:
         return min(handle.params.sampling.max_new_tokens, self.context_length - handle.prompt_tokens)
@@ -816,26 +850,25 @@ class Engine:
         with self._cv:
             self._cancelled = []
 
-    # --- forward passes (the model's own modules, with this engine's cache)
+    # --- forward passes (the packed blocks of ``self.blocks``, with this engine's cache)
 
-    def _attention_inputs(self, block: Any, x: torch.Tensor, rows: int, t: int, cos: torch.Tensor,
+    def _attention_inputs(self, layer: PackedBlock, x: torch.Tensor, rows: int, t: int, cos: torch.Tensor,
                           sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """q [rows,t,H,D], k and v [rows,t,K,D] of block's attention, q and k rotated."""
-        a = block.attn
-        h = block.attn_norm(x)
-        q = a.wq(h).view(rows, t, a.n_head, a.hd)
-        k = a.wk(h).view(rows, t, a.n_kv, a.hd)
-        v = a.wv(h).view(rows, t, a.n_kv, a.hd)
-        if a.q_norm is not None:
-            q, k = a.q_norm(q), a.k_norm(k)
+        """q [rows,t,H,D], k and v [rows,t,K,D] of a block's attention, q and k rotated."""
+        H, K, D = layer.n_head, layer.n_kv, layer.hd
+        qkv = layer.qkv(layer.attn_norm(x))  # [rows,t,(H+2K)D]
+        v = qkv[..., (H + K) * D:].view(rows, t, K, D)
+        if layer.q_norm is None:  # q and k rotated together: one rotation instead of two
+            qk = apply_rotary(qkv[..., :(H + K) * D].view(rows, t, H + K, D), cos, sin)
+            return qk[:, :, :H], qk[:, :, H:], v
+        q = layer.q_norm(qkv[..., :H * D].view(rows, t, H, D))
+        k = layer.k_norm(qkv[..., H * D:(H + K) * D].view(rows, t, K, D))
         return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:
         """Logits [..., V] of final hidden states [..., C]."""
-        m = self.model
-        weight = m.lm_head.weight if m.lm_head is not None else m.tok_emb.weight  # [V,C]
-        logits = F.linear(m.norm(x), weight)
-        cap = m.config.logit_softcap
+        logits = self.head(self.model.norm(x))
+        cap = self.model.config.logit_softcap
         return cap * torch.tanh(logits / cap) if cap else logits
 
     def _forward_prefill(self, ids: list[int], start: int, last: bool) -> torch.Tensor | None:
@@ -850,25 +883,25 @@ class Engine:
             causal = False
             mask = torch.arange(end, device=self.device)[None, :] <= (
                 start + torch.arange(T, device=self.device)[:, None])  # [T,L]
-        for i, block in enumerate(m.blocks):
-            a = block.attn
-            q, k, v = self._attention_inputs(block, x, 1, T, cos, sin)
+        for i, layer in enumerate(self.blocks):
+            q, k, v = self._attention_inputs(layer, x, 1, T, cos, sin)
             kc, vc = self.cache.k[i], self.cache.v[i]
             kc[s, :, start:end] = k[0].transpose(0, 1)  # [K,T,D]
             vc[s, :, start:end] = v[0].transpose(0, 1)
             y = F.scaled_dot_product_attention(
                 q.transpose(1, 2), kc[s:s + 1, :, :end], vc[s:s + 1, :, :end], attn_mask=mask, is_causal=causal,
-                enable_gqa=a.n_kv != a.n_head)  # [1,H,T,D]
-            x = x + a.wo(y.transpose(1, 2).reshape(1, T, a.n_head * a.hd))
-            x = x + block.mlp(block.mlp_norm(x))
+                enable_gqa=layer.n_kv != layer.n_head)  # [1,H,T,D]
+            x = x + layer.wo(y.transpose(1, 2).reshape(1, T, layer.n_head * layer.hd))
+            x = x + layer.mlp(layer.mlp_norm(x))
         if not last:
             return None
         return self._head(x[0, -1])  # [V]
 
-    def _forward_packed(self, prompts: list[list[int]], slots: list[int]) -> torch.Tensor:
+    def _forward_packed(self, prompts: list[list[int]], slots: list[int] | None,
+                        every: bool = False) -> torch.Tensor:
         """Whole prompts side by side in one sequence, each attending only to itself (a block-diagonal
-        causal mask), their keys and values stored from position 0 of their slots; logits [P,V] of each
-        prompt's last token."""
+        causal mask), their keys and values stored from position 0 of their slots (not stored when
+        ``slots`` is None); logits [P,V] of each prompt's last token, or [T,V] of every token if ``every``."""
         m = self.model
         lens = [len(p) for p in prompts]
         T = sum(lens)
@@ -882,20 +915,22 @@ class Engine:
                                           torch.tensor(lens, device=self.device))
             mask, causal = (seg[:, None] == seg[None, :]) & (pos[None, :] <= pos[:, None]), False  # [T,T]
         x = m.tok_emb(ids)[None]  # [1,T,C]
-        for i, block in enumerate(m.blocks):
-            a = block.attn
-            q, k, v = self._attention_inputs(block, x, 1, T, cos, sin)
-            kc, vc = self.cache.k[i], self.cache.v[i]
-            start = 0
-            for n, slot in zip(lens, slots, strict=True):
-                kc[slot, :, :n] = k[0, start:start + n].transpose(0, 1)  # [K,n,D]
-                vc[slot, :, :n] = v[0, start:start + n].transpose(0, 1)
-                start += n
+        for i, layer in enumerate(self.blocks):
+            q, k, v = self._attention_inputs(layer, x, 1, T, cos, sin)
+            if slots is not None:
+                kc, vc = self.cache.k[i], self.cache.v[i]
+                start = 0
+                for n, slot in zip(lens, slots, strict=True):
+                    kc[slot, :, :n] = k[0, start:start + n].transpose(0, 1)  # [K,n,D]
+                    vc[slot, :, :n] = v[0, start:start + n].transpose(0, 1)
+                    start += n
             y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                                attn_mask=mask, is_causal=causal,
-                                               enable_gqa=a.n_kv != a.n_head)  # [1,H,T,D]
-            x = x + a.wo(y.transpose(1, 2).reshape(1, T, a.n_head * a.hd))
-            x = x + block.mlp(block.mlp_norm(x))
+                                               enable_gqa=layer.n_kv != layer.n_head)  # [1,H,T,D]
+            x = x + layer.wo(y.transpose(1, 2).reshape(1, T, layer.n_head * layer.hd))
+            x = x + layer.mlp(layer.mlp_norm(x))
+        if every:
+            return self._head(x[0])  # [T,V]
         last = torch.tensor(lens, device=self.device).cumsum(0) - 1
         return self._head(x[0, last])  # [P,V]
 
@@ -911,19 +946,90 @@ class Engine:
         if min(positions) != L - 1:
             mask = (torch.arange(L, device=self.device)[None, :] <= pos[:, None]).view(B, 1, 1, L)
         x = m.tok_emb(torch.tensor(tokens, dtype=torch.long, device=self.device)).view(B, 1, -1)  # [B,1,C]
-        for i, block in enumerate(m.blocks):
-            a = block.attn
+        for i, layer in enumerate(self.blocks):
             # the B sequences as B time steps of one row: apply_rotary takes one position per time step
-            q, k, v = self._attention_inputs(block, x.view(1, B, -1), 1, B, cos, sin)  # [1,B,H|K,D]
+            q, k, v = self._attention_inputs(layer, x.view(1, B, -1), 1, B, cos, sin)  # [1,B,H|K,D]
             kc, vc = self.cache.k[i], self.cache.v[i]
             kc[rows, :, pos] = k[0]  # [B,K,D] at each sequence's own position
             vc[rows, :, pos] = v[0]
             y = F.scaled_dot_product_attention(
-                q.view(B, 1, a.n_head, a.hd).transpose(1, 2), kc[:B, :, :L], vc[:B, :, :L], attn_mask=mask,
-                enable_gqa=a.n_kv != a.n_head)  # [B,H,1,D]
-            x = x + a.wo(y.transpose(1, 2).reshape(B, 1, a.n_head * a.hd))
-            x = x + block.mlp(block.mlp_norm(x))
+                q.view(B, 1, layer.n_head, layer.hd).transpose(1, 2), kc[:B, :, :L], vc[:B, :, :L],
+                attn_mask=mask, enable_gqa=layer.n_kv != layer.n_head)  # [B,H,1,D]
+            x = x + layer.wo(y.transpose(1, 2).reshape(B, 1, layer.n_head * layer.hd))
+            x = x + layer.mlp(layer.mlp_norm(x))
         return self._head(x[:, 0])  # [B,V]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Choosing the weight format
+
+QUALITY_TEXT = (
+    "Four score and seven years ago our fathers brought forth on this continent, a new nation, conceived in "
+    "Liberty, and dedicated to the proposition that all men are created equal. Now we are engaged in a great "
+    "civil war, testing whether that nation, or any nation so conceived and so dedicated, can long endure. We "
+    "are met on a great battle-field of that war. We have come to dedicate a portion of that field, as a final "
+    "resting place for those who here gave their lives that that nation might live. It is altogether fitting "
+    "and proper that we should do this. But, in a larger sense, we can not dedicate, we can not consecrate, we "
+    "can not hallow this ground. The brave men, living and dead, who struggled here, have consecrated it, far "
+    "above our poor power to add or detract. The world will little note, nor long remember what we say here, "
+    "but it can never forget what they did here."
+)
+"""The fixed text (the Gettysburg Address, public domain) whose perplexity ``auto`` compares across formats."""
+
+MAX_PERPLEXITY_RISE = 0.01
+"""``auto`` keeps a faster format only if its perplexity on :data:`QUALITY_TEXT` is at most 1% above fp32's."""
+
+
+def _candidates(device: torch.device) -> list[str]:
+    """Faster formats worth trying on ``device``, best first (measured by benchmarks/decode_speed.py).
+
+    On a CPU, int4 first: fewest bytes, fastest single stream (~2x bf16) and as fast as bf16 for batches
+    of 16; it keeps its perplexity only on weights that were 4-bit already (an imported Q4 GGUF), so on
+    others the check falls through to bf16. Not int8: ~1.3x bf16's single stream but ~1.4x slower for
+    batches (torch's int8 kernel is a matrix-vector product), and its perplexity sits ~1% above fp32's
+    where bf16's stays within 0.2%. Without native bf16 (AVX-512 BF16 / AMX) all are slower than fp32."""
+    if device.type == "cuda":
+        return ["bf16"]
+    if device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return ["int4", "bf16"]
+    return []
+
+
+def resolve_weights(model: GPT, tokenizer: Tokenizer, weights: str) -> tuple[str, dict[str, Any] | None]:
+    """The weight format to run for ``weights`` (fp32, bf16, int8, int4 or auto) and, for auto, the quality check:
+    ``{"fp32": ppl, "<format>": ppl, ...}`` perplexities on :data:`QUALITY_TEXT`, ``"chosen"``. ``auto``
+    takes the first of the device's faster formats (:func:`_candidates`) whose perplexity is within 1% of
+    fp32's, else fp32.
+    ConfigError if an explicit format cannot run on the model's device."""
+    device = model.tok_emb.weight.device
+    if weights != "auto":
+        try:
+            check_format(weights, device)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        return weights, None
+    candidates = _candidates(device)
+    ids = tokenizer.encode(QUALITY_TEXT).ids[:model.config.block_size]
+    if not candidates or len(ids) < 2 or model.tok_emb.weight.dtype != torch.float32:
+        return "fp32", None
+    check: dict[str, Any] = {"fp32": perplexity(model, tokenizer, ids, "fp32")}
+    for fmt in candidates:
+        try:
+            check[fmt] = perplexity(model, tokenizer, ids, fmt)
+        except ValueError:  # this model cannot run in it (unmerged LoRA layers, int4 on odd widths)
+            continue
+        if check[fmt] <= check["fp32"] * (1 + MAX_PERPLEXITY_RISE):
+            check["chosen"] = fmt
+            return fmt, check
+    check["chosen"] = "fp32"
+    return "fp32", check
+
+
+def perplexity(model: GPT, tokenizer: Tokenizer, ids: Sequence[int], weights: str) -> float:
+    """Perplexity of token ids ``ids`` (each predicted from those before it, in one window of at most
+    ``block_size`` tokens) with the model's weights in format ``weights``, through the engine's forward pass."""
+    engine = Engine(model, tokenizer, EngineConfig(max_batch=1, max_queue=1, weights=weights))
+    return engine.perplexity(ids)
 
 
 def generate_batch(model: GPT, tokenizer: Tokenizer, prompts: Sequence[str | Sequence[int]],

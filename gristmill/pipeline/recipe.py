@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, create_model, field_validator
+from pydantic import Field, create_model, field_validator, model_validator
 
 from gristmill.core.config import Config, apply_overrides, read_recipe_yaml, validate
 from gristmill.core.workspace import check_run_name
@@ -46,6 +46,15 @@ class RecipeBase(Config):
     @classmethod
     def _safe_name(cls, v: str) -> str:
         return check_run_name(v)
+
+    @model_validator(mode="after")
+    def _link_sections(self) -> RecipeBase:
+        # prepare runs before evaluate, and must not keep training text that evaluate scores on: its
+        # decontamination step reads the evaluate section's held-out and task files.
+        prepare, evaluate = getattr(self, "prepare", None), getattr(self, "evaluate", None)
+        if prepare is not None and evaluate is not None:
+            prepare.link_evaluate(evaluate.heldout_files, evaluate.tasks)
+        return self
 
     @property
     def run_dir(self) -> Path:

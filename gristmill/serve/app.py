@@ -8,8 +8,8 @@ cancelled at once, which frees its KV-cache slots for the next engine step.
 
 Errors use OpenAI's body, ``{"error": {"message", "type", "param", "code"}}`` (:mod:`gristmill.serve.openai`):
 400 for an invalid request (a prompt plus ``max_tokens`` beyond the context window included), 401 for a
-missing or wrong API key, 404 for an unknown path or model name, 503 with ``Retry-After`` when the
-engine's waiting queue is full.
+missing or wrong API key, 404 for an unknown path or model name, 413 for a body far larger than any prompt
+that fits the context window, 503 with ``Retry-After`` when the engine's waiting queue is full.
 """
 
 from __future__ import annotations
@@ -166,7 +166,8 @@ class Gate:
             await self.app(scope, receive, send)
             return
         path = scope["path"] if scope["path"] in ROUTES else "other"
-        status = 500
+        # no response started and no error (Starlette answers an unhandled one with 500): the client left
+        status = CLIENT_CLOSED
 
         async def counted_send(message: Message) -> None:
             nonlocal status
@@ -183,6 +184,62 @@ class Gate:
                 await response(scope, receive, counted_send)
         finally:
             self.metrics.requests.labels(path, str(status)).inc()
+
+
+BYTES_PER_TOKEN = 64
+"""Request bytes allowed per token of the context window: JSON-escaped text averages well under 16 bytes a
+token (``\\uXXXX`` escapes of non-Latin scripts included), so a body past this cannot be a prompt that fits."""
+
+MIN_BODY_LIMIT = 2**20
+"""The smallest body limit, whatever the window (1 MiB)."""
+
+
+class BodyLimit:
+    """ASGI middleware: refuses a request body over ``limit`` bytes with 413 before anything parses it.
+
+    A body that size is a prompt far past the context window; parsing and tokenising it would hold the event
+    loop (every stream stalls) and leave the allocator's memory raised. The body is read here, counting, then
+    handed on whole; later messages (the disconnect) pass straight through.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int):
+        self.app, self.limit = app, limit
+
+    def _refuse(self, size: str) -> JSONResponse:
+        return error_response(413, f"the request body is {size} bytes; this server takes at most {self.limit} "
+                                   f"bytes (its model's context window holds far less text): shorten the "
+                                   f"prompt", code="request_too_large")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"").decode("latin-1")
+        if declared.isdigit() and int(declared) > self.limit:
+            await self._refuse(declared)(scope, receive, send)
+            return
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client left while sending
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.limit:
+                await self._refuse(f"more than {size}")(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+        body, sent = b"".join(chunks), False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -213,6 +270,9 @@ async def _unless_disconnected(request: Request, handles: list[RequestHandle], w
         for h in handles:
             h.cancel()
         task.cancel()
+        # a cancelled gather() ends with CancelledError as its exception: take it, or asyncio logs it as
+        # never retrieved, once for every client that hung up
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
         raise ClientGone()
     finally:
         watch.cancel()
@@ -254,7 +314,8 @@ def create_app(model_dir: Path, cfg: ServeConfig | None = None, model_name: str 
     model_dir = Path(model_dir)
     model, tokenizer = load_for_inference(model_dir, resolve_device(cfg.device), merge=cfg.merge_adapter)
     engine = Engine(model, tokenizer, EngineConfig(max_batch=cfg.max_batch, max_queue=cfg.max_queue,
-                                                   prefill_chunk=cfg.prefill_chunk, max_seq_len=cfg.max_seq_len))
+                                                   prefill_chunk=cfg.prefill_chunk, max_seq_len=cfg.max_seq_len,
+                                                   weights=cfg.weights))
     metrics = Metrics(engine)
     name = model_name or default_model_name(model_dir)
     api_key = read_api_key(cfg, api_key)
@@ -269,6 +330,8 @@ def create_app(model_dir: Path, cfg: ServeConfig | None = None, model_name: str 
     app.state.engine = engine
     app.state.model_name = name
     app.state.metrics = metrics
+    # the last one added is the outermost: the API key is checked before a body is read
+    app.add_middleware(BodyLimit, limit=max(MIN_BODY_LIMIT, BYTES_PER_TOKEN * engine.context_length))
     app.add_middleware(Gate, api_key=api_key, metrics=metrics)
 
     @app.exception_handler(RequestValidationError)
@@ -346,11 +409,18 @@ def create_app(model_dir: Path, cfg: ServeConfig | None = None, model_name: str 
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    def model_card() -> dict[str, Any]:
+        return {"id": name, "object": "model", "created": created, "owned_by": "gristmill",
+                "context_length": engine.context_length}
+
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        card = {"id": name, "object": "model", "created": created, "owned_by": "gristmill",
-                "context_length": engine.context_length}
-        return {"object": "list", "data": [card]}
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{model_id}")
+    async def one_model(model_id: str) -> dict[str, Any]:
+        check_model(model_id)
+        return model_card()
 
     @app.post("/v1/completions", response_model=None)
     async def completions(req: CompletionRequest, request: Request) -> Response:

@@ -38,6 +38,13 @@ class ServeConfig(Config):
     prefill_chunk: int = Field(64, ge=1)
     """Prompt tokens processed between two decode steps: smaller keeps running streams smoother while a
     long prompt is read, larger reads long prompts faster."""
+    weights: Literal["auto", "fp32", "bf16", "int8", "int4"] = "auto"
+    """Weight format generation runs in: auto = the fastest format whose perplexity on a fixed text is within
+    1% of fp32's (checked at load): on a CPU with native bf16 (AVX-512 BF16 / AMX) int4, else bf16, else
+    fp32; on CUDA bf16. fp32 = the model's own weights; bf16 = bfloat16 weights and matrix inputs; int8 =
+    weight-only int8 with a scale per output row (CPU only; perplexity ~1% above fp32's); int4 = weight-only
+    int4 in groups of 32 with an int8 output head (CPU only; the fastest, near-lossless on models imported
+    from a Q4 GGUF, coarse on others). Training and evaluation always use fp32."""
     max_seq_len: int | None = Field(None, ge=2)
     """Longest sequence served, prompt plus answer, in tokens (None = the model's context window); lower it to
     bound KV-cache memory for models with long windows."""

@@ -15,6 +15,7 @@ from gristmill.stages import (
           train,
 )
 
-STAGES = (collect.STAGE, prepare.STAGE, synth.STAGE, tokenize.STAGE, train.STAGE, base.STAGE, finetune.STAGE,
+# base (an import, needing nothing) comes before synth, whose teacher may be the imported model
+STAGES = (collect.STAGE, prepare.STAGE, base.STAGE, synth.STAGE, tokenize.STAGE, train.STAGE, finetune.STAGE,
           evaluate.STAGE, export.STAGE, report.STAGE)
 STAGE_NAMES = tuple(s.name for s in STAGES)

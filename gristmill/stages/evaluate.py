@@ -80,6 +80,7 @@ def _lm(model: Any, tokenizer: Any, texts: list[str], cfg: EvaluateConfig, devic
 
 
 def run(ctx: StageContext, cfg: EvaluateConfig) -> dict[str, Any]:
+    from gristmill.eval.canary import summarize as canary_summary
     from gristmill.eval.harness import run_tasks
     from gristmill.eval.samples import chat_answers
     from gristmill.eval.tasks import load_tasks
@@ -114,6 +115,7 @@ def run(ctx: StageContext, cfg: EvaluateConfig) -> dict[str, Any]:
     paths += task_paths(cfg)
     tasks = load_tasks(paths) if paths else []
 
+    canaries = _planted_canaries(ctx.run_dir)
     sampling = {"max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature, "top_k": cfg.top_k,
                 "top_p": cfg.top_p, "seed": ctx.seed}
     results: dict[str, Any] = {}
@@ -142,6 +144,12 @@ def run(ctx: StageContext, cfg: EvaluateConfig) -> dict[str, Any]:
         r["samples"] = samples
         r["chat_answers"] = chat_answers(model, tokenizer, cfg.chat_prompts, cfg.max_new_tokens) \
             if cfg.max_new_tokens else []
+        if canaries:
+            r["canaries"] = _canary_exposure(model, tokenizer, canaries, cfg, ctx.seed)
+            c = canary_summary(r["canaries"])
+            ctx.log(f"[evaluate]   canaries: exposure {c['planted']['exposure_mean']:.2f} bits planted, "
+                    f"{c['controls']['exposure_mean']:.2f} controls (of {c['max_exposure']:.2f}); "
+                    f"{c['planted']['extracted']} of {c['planted']['count']} extracted by greedy decoding")
         r["seconds"] = round(time.monotonic() - t0, 2)
         results[stage] = r
         del model
@@ -153,9 +161,56 @@ def run(ctx: StageContext, cfg: EvaluateConfig) -> dict[str, Any]:
     return {"models": {s: {"bits_per_byte": round(r["bits_per_byte"], 5), "loss": round(r["loss"], 5),
                            "tokens": r["tokens"], "bytes": r["bytes"],
                            "tasks": {t: {k: v["value"] for k, v in res["metrics"].items()}
-                                     for t, res in (r.get("tasks") or {}).items()}}
+                                     for t, res in (r.get("tasks") or {}).items()},
+                           **({"canaries": canary_summary(r["canaries"])} if r.get("canaries") else {})}
                        for s, r in results.items()},
             "tasks": len(tasks)}
+
+
+def _planted_canaries(run_dir: Path) -> list[Any]:
+    """The canaries (planted and controls) the train stage wrote, or [] when it planted none."""
+    import json
+
+    from gristmill.eval.canary import Canary
+
+    path = run_dir / "train" / "canaries.json"
+    if not path.is_file():
+        return []
+    return [Canary(**c) for c in json.loads(path.read_text(encoding="utf-8"))["canaries"]]
+
+
+def _canary_exposure(model: Any, tokenizer: Any, canaries: list[Any], cfg: EvaluateConfig, seed: int
+                     ) -> list[dict[str, Any]]:
+    from gristmill.eval.canary import exposure
+    from gristmill.eval.harness import GPTScorer
+
+    scorer = GPTScorer(model, tokenizer, batch_size=max(cfg.batch_size, 32))
+    return exposure(scorer, canaries, cfg.canary_candidates, seed)
+
+
+def canary_section(models: dict[str, dict[str, Any]]) -> str:
+    """Markdown: each model's exposure of the planted canaries and of the controls."""
+    from gristmill.eval.canary import summarize
+    from gristmill.report.markdown import table
+
+    rows = []
+    for s, m in models.items():
+        if not m.get("canaries"):
+            continue
+        c = summarize(m["canaries"])
+        for label in ("planted", "controls"):
+            if label in c:
+                v = c[label]
+                rows.append([MODEL_NAMES.get(s, s), label, v["count"], f"{v['exposure_mean']:.2f}",
+                             f"{v['exposure_max']:.2f}", f"{v['extracted']} of {v['count']}"])
+    if not rows:
+        return ""
+    top = next(summarize(m["canaries"])["max_exposure"] for m in models.values() if m.get("canaries"))
+    return ("### Canaries\n\nSecrets planted in the pre-training data (`train/canaries.json`) and controls of the "
+            "same format never trained on: exposure in bits = log2(candidates + 1) - log2(rank of the true secret "
+            f"among random ones by the model's likelihood), at most {top:.2f}; extracted = greedy decoding from "
+            "the prefix gives the secret.\n\n"
+            + table(["model", "canaries", "count", "exposure mean", "exposure max", "extracted"], rows) + "\n")
 
 
 def reads(cfg: EvaluateConfig) -> tuple[str, ...]:
@@ -241,6 +296,9 @@ def report(rc: ReportContext) -> str:
                   for pr in prompts]
         parts.append("### Answers side by side\n\nThe same chat prompts, answered greedily by every model of the "
                      "run with its chat template.\n\n" + "\n\n".join(blocks) + "\n")
+    canaries = canary_section(models)
+    if canaries:
+        parts.append(canaries)
     for s in names:
         section = samples_section({**models[s], "sampling": ev.get("sampling")},
                                   f"Samples: {MODEL_NAMES.get(s, s)}", rc.options)

@@ -195,7 +195,8 @@ def run(ctx: StageContext, cfg: FinetuneConfig) -> dict[str, Any]:
 
     res = fit(model, cfg, rt, train_data, val_data, ctx.out_dir, ctx.fingerprint, log=ctx.log,
               tokens_per_step=tokens_per_step, start_time=t_start - lm_reserve,
-              run_name=f"{ctx.run_dir.name}-finetune", params=cfg.model_dump(mode="json"), key_prefix="finetune")
+              run_name=f"{ctx.run_dir.name}-finetune", params=cfg.model_dump(mode="json"), key_prefix="finetune",
+              dp_records=len(train_ex))
 
     if not main:
         return {}
@@ -248,6 +249,7 @@ def run(ctx: StageContext, cfg: FinetuneConfig) -> dict[str, Any]:
         "train_examples": len(train_ex),
         "data": data_counts,
         "lora": lora,
+        "dp": res.extra.get("dp"),  # DP-SGD's epsilon spent (None when off)
         "packing": None if packed is None else {"rows": len(packed), "fill": round(packed.fill, 4),
                                                 "seq_len": seq_len},
         "val_examples": len(val_ex),
@@ -283,8 +285,10 @@ def report(rc: ReportContext) -> str:
         read_json_or_none,
         table,
     )
+    from gristmill.stages.train import dp_section
 
-    parts = [curve_section(rc, "finetune", "Fine-tuning", "nats per assistant token", "finetune_loss.svg")]
+    parts = [curve_section(rc, "finetune", "Fine-tuning", "nats per assistant token", "finetune_loss.svg"),
+             dp_section((rc.manifests.get("finetune") or {}).get("stats") or {})]
     ft = read_json_or_none(rc.stage_dir("finetune") / "eval.json")
     if isinstance(ft, dict):
         rows = before_after_rows(ft)

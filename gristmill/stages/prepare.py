@@ -4,7 +4,8 @@ every document a step drops goes to ``dropped/`` as ``{"step", "reason", "docume
 The leading steps that judge each document alone (cleaning, length, language, quality, PII) run per
 collect shard on the executor (``prepare.workers``, ``prepare.executor``); the steps that compare
 documents (exact and near-duplicate removal, decontamination) then run over the kept shards in collect's
-order, in this process, keeping state or holding documents until the stream ends; the split comes last.
+order, in this process, keeping state or parking documents on disk until the stream ends; the split comes
+last.
 The bytes written do not depend on the number of workers.
 Each split is written as numbered Parquet shards, each one atomically. Every input document ends up in
 exactly one split or in ``dropped/``; the stage checks that each step's counts add up, so a step that
@@ -38,7 +39,8 @@ DROPPED = "dropped"
 CARD = "data_card.json"
 CLUSTERS = "clusters.jsonl"
 WORK = "work"
-"""The first phase's shards, removed when the stage ends."""
+"""The first phase's shards and the scratch files of the steps that read their stream twice, removed when
+the stage ends."""
 SHARD_ROWS = 50_000
 """Documents per output shard, about (a new shard starts at the next row group past it)."""
 WARN_DROP_SHARE = 0.5
@@ -46,17 +48,38 @@ WARN_DROP_SHARE = 0.5
 
 
 def held_out_paths(cfg: PrepareConfig) -> list[Path]:
-    """The files the decontamination step reads (an InputError naming the key if one names nothing)."""
+    """The files the decontamination step reads: its ``files`` and, with ``from_evaluate``, the files the
+    recipe's evaluate section names (an InputError naming the key if one names nothing)."""
     from gristmill.core.paths import expand
 
     out: list[Path] = []
     for step in cfg.steps:
-        for loc in getattr(step, "files", []) if step.type == "decontaminate" else []:
+        if step.type != "decontaminate":
+            continue
+        for loc in step.files:
             try:
                 out += expand(loc)
             except InputError as e:
                 raise InputError(f"prepare step 'decontaminate', files: {e}") from None
-    return out
+        if step.from_evaluate:
+            out += evaluate_files(cfg)
+    return list(dict.fromkeys(out))  # a file named twice is read once
+
+
+def evaluate_files(cfg: PrepareConfig) -> list[Path]:
+    """The held-out files, task files and the tasks' local data files of the recipe's evaluate section,
+    as the evaluate stage finds them."""
+    from gristmill.eval.config import EvaluateConfig
+    from gristmill.stages.evaluate import external_inputs
+
+    heldout, tasks = cfg.evaluate_files
+    if not heldout and not tasks:
+        return []
+    try:
+        return external_inputs(EvaluateConfig(heldout_files=heldout, tasks=tasks))
+    except InputError as e:
+        raise InputError(f"{e} (prepare's decontaminate step reads the evaluate section's files; fix the "
+                         "path or set from_evaluate: false)") from None
 
 
 def check_config(cfg: PrepareConfig, recipe: Any) -> None:
@@ -106,7 +129,7 @@ def run(ctx: StageContext, cfg: PrepareConfig) -> dict[str, Any]:
     stage_dir = ctx.out_dir.resolve()
     n_local = local_prefix(cfg.steps)
     local_cfg = list(cfg.steps[:n_local])
-    steps = build_steps(cfg, list(held_out_texts(held_out_paths(cfg))))[n_local:]
+    steps = build_steps(cfg, list(held_out_texts(held_out_paths(cfg))), work_dir=stage_dir / WORK)[n_local:]
     card = DataCard()
     shard_results: list[dict[str, Any]] = []
     stream = True

@@ -42,18 +42,21 @@ def run(ctx: StageContext, cfg: TrainConfig) -> dict[str, Any]:
     mcfg = cfg.model.model_copy(update={"vocab_size": int(meta["vocab_size"])})
     model = GPT(mcfg)
     block = mcfg.block_size
+    n_train_tokens = len(train_tokens)  # as tokenize wrote them, before any canary
+    if cfg.canaries.count:
+        train_tokens = _plant_canaries(ctx, cfg, train_tokens, tokenizer, int(meta["eot_id"]), rt.dist.is_main)
     train_data = RandomWindows(train_tokens, block, cfg.batch_size, seed=ctx.seed, rank=rt.dist.rank,
                                world=rt.dist.world_size)
     val_data = TokenEvalData(val_tokens, block, cfg.eval_batch_size, int(meta["eot_id"]), rt.dist.rank,
                              rt.dist.world_size)
     if rt.dist.is_main:
-        ctx.log(f"[train] {model.num_params():,} parameters; {len(train_tokens):,} train / {len(val_tokens):,} "
+        ctx.log(f"[train] {model.num_params():,} parameters; {n_train_tokens:,} train / {len(val_tokens):,} "
                 f"val tokens; device {rt.device} ({rt.dtype_name}), {rt.dist.world_size} process(es), "
                 f"compile {'on' if rt.compile else 'off'}")
 
     res = fit(model, cfg, rt, train_data, val_data, ctx.out_dir, ctx.fingerprint, log=ctx.log,
               tokens_per_step=cfg.batch_size * block, start_time=t_start, run_name=ctx.run_dir.name,
-              params=cfg.model_dump(mode="json"))
+              params=cfg.model_dump(mode="json"), dp_records=len(train_tokens) // block)
 
     if rt.dist.is_main:
         save_model(ctx.out_dir / "model", res.model, tokenizer)
@@ -90,7 +93,29 @@ def run(ctx: StageContext, cfg: TrainConfig) -> dict[str, Any]:
         "peak_rss_mb": round(res.peak_rss_mb, 1),
         "device": str(rt.device),
         "processes": rt.dist.world_size,
+        "dp": res.extra.get("dp"),  # DP-SGD's epsilon spent (None when off)
+        "canaries": {"count": cfg.canaries.count, "repeats": cfg.canaries.repeats} if cfg.canaries.count else None,
     }
+
+
+def _plant_canaries(ctx: StageContext, cfg: TrainConfig, tokens: Any, tokenizer: Path, eot_id: int,
+                    main: bool) -> Any:
+    """The training tokens with ``cfg.canaries`` planted; ``canaries.json`` lists them and the controls."""
+    from dataclasses import asdict
+
+    from gristmill.core.workspace import write_json
+    from gristmill.eval.canary import make_canaries, plant
+    from gristmill.tokenizer.bpe import encode_documents, load_tokenizer
+
+    canaries = make_canaries(cfg.canaries.count, ctx.seed)
+    ids = list(encode_documents(load_tokenizer(tokenizer), [c.text for c in canaries if c.planted]))
+    planted = plant(tokens, ids, cfg.canaries.repeats, eot_id, ctx.seed)
+    if main:
+        write_json(ctx.out_dir / "canaries.json", {"repeats": cfg.canaries.repeats,
+                                                    "canaries": [asdict(c) for c in canaries]})
+        ctx.log(f"[train] planted {cfg.canaries.count} canaries x {cfg.canaries.repeats} "
+                f"({len(planted) - len(tokens):,} tokens); {cfg.canaries.count} controls not planted")
+    return planted
 
 
 def check_config(cfg: TrainConfig, recipe: Any) -> None:
@@ -101,7 +126,20 @@ def report(rc: ReportContext) -> str:
     from gristmill.report.markdown import curve_section
 
     # drawn from metrics.jsonl, so an interrupted run (no manifest yet) still shows its curve
-    return curve_section(rc, "train", "Training", "nats per token", "train_loss.svg")
+    section = curve_section(rc, "train", "Training", "nats per token", "train_loss.svg")
+    return section + dp_section((rc.manifests.get("train") or {}).get("stats") or {}) if section else ""
+
+
+def dp_section(stats: dict[str, Any]) -> str:
+    """The privacy a DP-SGD run spent, from its stage stats (empty for a run without ``dp``)."""
+    dp = stats.get("dp")
+    if not isinstance(dp, dict):
+        return ""
+    clipped = dp.get("clipped_fraction")
+    return (f"\n### Differential privacy\n\nTrained with DP-SGD: ({dp['epsilon']:g}, {dp['delta']:g})-DP after "
+            f"{dp['steps']} steps ({dp['accountant'].upper()} accountant; noise multiplier {dp['noise_multiplier']:g}, "
+            f"per-sample clipping at {dp['max_grad_norm']:g}, sampling rate {dp['sample_rate']:g}"
+            + (f"; {clipped:.0%} of sample gradients clipped" if clipped is not None else "") + ").\n")
 
 
 def summary(manifest: dict[str, Any], run_dir: Path) -> list[str]:

@@ -3,8 +3,9 @@
 A generator is a function ``fn(doc, tc) -> Iterable[Draft]``: it gets one document and a
 :class:`TaskContext` (its own config, the synth config, a seeded ``rng``, how many examples to aim for,
 the document's display title) and yields draft conversations; it may yield fewer, or none when the
-document does not fit. Filtering, ids and writing happen in the stage, so a new source of conversations
-(a teacher model, self-instruct) is one more generator config and function.
+document does not fit (then it calls ``tc.skip(reason)`` so the stage can say why). Filtering, ids and
+writing happen in the stage, so a new source of conversations (a teacher model, self-instruct) is one more
+generator config and function.
 """
 
 from __future__ import annotations
@@ -24,11 +25,18 @@ class Draft:
     task: str
     messages: list[dict[str, str]]
     source_ids: list[str]
+    finish_reason: str | None = None
+    """Why the model that wrote the answer stopped (``stop``, ``length`` as OpenAI-compatible servers say);
+    None for an answer taken from the text. Model-written answers get the refusal and truncation checks."""
+    grounded: bool = False
+    """Whether the answer claims to come from the source document: the groundedness check then measures
+    how much of it the document holds."""
 
     @classmethod
-    def single(cls, task: str, prompt: str, answer: str, doc: Document) -> Draft:
+    def single(cls, task: str, prompt: str, answer: str, doc: Document, *, grounded: bool = False) -> Draft:
         return cls(
-            task, [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}], [doc.id]
+            task, [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}], [doc.id],
+            grounded=grounded,
         )
 
     @property
@@ -56,6 +64,13 @@ class TaskContext:
     """The work or article title to show (see :func:`display_title`)."""
     extra: dict[str, object] = field(default_factory=dict)
     """Room for resources later generators need (e.g. a teacher model), set by the stage."""
+    skipped: str | None = None
+    """Why the document does not fit this generator (set with :meth:`skip`); None when it does. The stage
+    counts documents seen, usable and skipped per reason for each generator."""
+
+    def skip(self, reason: str) -> None:
+        """Say that the document does not fit this generator (e.g. ``not_a_play``), before yielding nothing."""
+        self.skipped = reason
 
 
 Generator = Callable[[Document, TaskContext], Iterable[Draft]]

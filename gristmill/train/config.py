@@ -52,6 +52,33 @@ class OptimConfig(Config):
     """The learning rate at the end of the decay, as a fraction of the peak."""
 
 
+class DPConfig(Config):
+    """Differentially private training (DP-SGD): every sample's gradient clipped, Gaussian noise added, and
+    the privacy spent (epsilon at ``delta``) reported. Needs the ``privacy`` extra (opacus's accountants)."""
+
+    enabled: bool = False
+    """Train with DP-SGD. Each sample's gradient is computed on its own, a forward and backward pass per
+    sample (about 2x slower per step than batched on a CPU at batch 8; more on a GPU, where batching pays
+    most); ``grad_clip`` is not applied (per-sample clipping replaces it). Not with ``packing`` or several
+    processes."""
+    noise_multiplier: float | None = Field(None, gt=0)
+    """Noise standard deviation as a multiple of ``max_grad_norm``; give this or ``target_epsilon``."""
+    target_epsilon: float | None = Field(None, gt=0)
+    """The epsilon to spend over ``max_steps`` steps: the noise multiplier is chosen to meet it."""
+    max_grad_norm: float = Field(1.0, gt=0)
+    """Each sample's gradient is scaled to at most this L2 norm (its most influence on a step)."""
+    delta: float = Field(1e-5, gt=0, lt=1)
+    """The delta of (epsilon, delta)-DP: keep it below 1 / the number of training records."""
+    accountant: Literal["rdp", "prv"] = "rdp"
+    """Privacy accountant (opacus): ``rdp`` (Renyi DP) or ``prv`` (privacy random variables, tighter)."""
+
+    @model_validator(mode="after")
+    def _one_noise_source(self) -> DPConfig:
+        if self.enabled and (self.noise_multiplier is None) == (self.target_epsilon is None):
+            raise ValueError("dp.enabled needs exactly one of noise_multiplier and target_epsilon")
+        return self
+
+
 class LoopConfig(OptimConfig):
     """The training loop shared by pre-training and fine-tuning."""
 
@@ -101,6 +128,8 @@ class LoopConfig(OptimConfig):
     about 2x faster there, half the frozen weights' memory); fp32 otherwise."""
     distributed: Literal["ddp", "fsdp"] = "ddp"
     """Under torchrun: data parallel with replicated weights (``ddp``) or sharded ones (``fsdp``, AdamW only)."""
+    dp: DPConfig = DPConfig()
+    """Differentially private training (DP-SGD) and the epsilon it spends."""
 
     @model_validator(mode="after")
     def _check_muon_fsdp(self) -> LoopConfig:
@@ -114,6 +143,20 @@ class LoopConfig(OptimConfig):
             check("tensorboard", "tracking", f"{section}.tensorboard")
         if self.mlflow:
             check("mlflow", "tracking", f"{section}.mlflow")
+        if self.dp.enabled:
+            check("opacus", "privacy", f"{section}.dp")
+
+
+class CanaryConfig(Config):
+    """Unique secrets planted in the pre-training tokens, whose exposure the evaluate stage measures."""
+
+    count: int = Field(0, ge=0, le=1000)
+    """Canaries to plant, each ``the secret code of <name> is dddd-dddd-dddd`` with an invented name and
+    random digits from the run seed (0 = none). As many controls of the same format are made and never
+    planted; ``train/canaries.json`` lists both."""
+    repeats: int = Field(10, ge=1)
+    """Times each canary is inserted into the training tokens, each time as a document of its own at a
+    random document boundary."""
 
 
 class TrainConfig(LoopConfig):
@@ -127,6 +170,8 @@ class TrainConfig(LoopConfig):
 
     model: ModelConfig = ModelConfig()
     """The model's shape and options; ``vocab_size`` is taken from the tokenizer's meta.json."""
+    canaries: CanaryConfig = CanaryConfig()
+    """Secrets planted in the training data to measure memorisation (evaluate reports their exposure)."""
     optimizer: Literal["adamw", "muon"] = "muon"
     """``adamw`` for every parameter, or ``muon`` for the hidden weight matrices with AdamW for the
     embeddings, output head and norm gains."""
@@ -246,6 +291,9 @@ class FinetuneConfig(LoopConfig):
         if self.lora.enabled and self.distributed == "fsdp":
             raise ValueError("lora.enabled with distributed: fsdp is not supported; use distributed: ddp "
                              "(the frozen base is small next to full fine-tuning's optimiser state)")
+        if self.dp.enabled and self.packing:
+            raise ValueError("dp.enabled with packing: true is not supported (a packed row mixes several "
+                             "conversations, so one row is not one record); set packing: false")
         if not self.synthetic and not self.chat_files:
             raise ValueError("synthetic: false leaves nothing to fine-tune on; name chat_files or set "
                              "synthetic: true")

@@ -262,11 +262,13 @@ def _load_states(model: nn.Module, opt: Optimizers, model_state: dict[str, torch
 def fit(model: nn.Module, cfg: LoopConfig, rt: Runtime, train_data: BatchSource, val_data: EvalData,
         out_dir: Path, fingerprint: str, *, log: Callable[[str], None] = print, tokens_per_step: int,
         start_time: float | None = None, run_name: str = "train", params: dict[str, Any] | None = None,
-        key_prefix: str = "train") -> FitResult:
+        key_prefix: str = "train", dp_records: int | None = None) -> FitResult:
     """Train ``model`` as ``cfg`` says; checkpoints go to ``out_dir/checkpoints``, metrics to
     ``out_dir/metrics.jsonl``. Only rank 0 writes. Resumes from the newest valid checkpoint tagged with
     ``fingerprint``. ``tokens_per_step``: tokens in one global optimiser step (for throughput).
     ``start_time`` (time.monotonic() at stage start) makes the time budget cover set-up done before.
+    ``dp_records``: with ``cfg.dp.enabled``, the training records batches are drawn from (for the privacy
+    accounting); the epsilon spent is in ``FitResult.extra["dp"]``.
     """
     t_start = time.monotonic() if start_time is None else start_time
     main = rt.dist.is_main
@@ -278,6 +280,20 @@ def fit(model: nn.Module, cfg: LoopConfig, rt: Runtime, train_data: BatchSource,
 
         raise ConfigError(f"{key_prefix}.batch_size {cfg.batch_size} must be a multiple of processes ({world}) "
                           f"x micro_batch_size ({micro})")
+
+    dp = None
+    if cfg.dp.enabled:
+        from gristmill.train.dp import make_dpsgd
+
+        if rt.dist.enabled:
+            from gristmill.errors import ConfigError
+
+            raise ConfigError(f"{key_prefix}.dp runs in one process; launch without torchrun")
+        dp = make_dpsgd(cfg.dp, dp_records or 0, cfg.batch_size, cfg.max_steps, key_prefix)
+        if main:
+            log(f"[{key_prefix}] DP-SGD: noise multiplier {dp.noise_multiplier:.3f}, clip {dp.max_grad_norm}, "
+                f"sampling rate {dp.sample_rate:.4g}; epsilon after {cfg.max_steps} steps "
+                f"{dp.epsilon(cfg.max_steps):.3f} at delta {dp.delta:g}")
 
     model.to(rt.device)
     model.train()
@@ -364,8 +380,11 @@ def fit(model: nn.Module, cfg: LoopConfig, rt: Runtime, train_data: BatchSource,
             lr_mult = lr_multiplier(st.step, max(step_progress, now / budget) if budget else step_progress, cfg)
             set_lr(opt, lr_mult)
             x, y, *seg = train_data.next_batch()  # packed rows also carry their segments
-            loss, gnorm = train_step(wrapped, opt, x, y, rt, micro_batch_size=micro, grad_clip=cfg.grad_clip,
-                                     segments=seg[0] if seg else None)
+            if dp is not None:
+                loss, gnorm = dp.step(wrapped, opt, x, y, rt)
+            else:
+                loss, gnorm = train_step(wrapped, opt, x, y, rt, micro_batch_size=micro, grad_clip=cfg.grad_clip,
+                                         segments=seg[0] if seg else None)
             st.step += 1
             st.tokens_seen += tokens_per_step
             loss_acc += loss
@@ -387,6 +406,8 @@ def fit(model: nn.Module, cfg: LoopConfig, rt: Runtime, train_data: BatchSource,
                            "tokens_per_s": tok_s, "rss_mb": current_rss_mb(), "elapsed_s": elapsed()}
                     if gnorm is not None:
                         rec["grad_norm"] = gnorm
+                    if dp is not None:
+                        rec["dp_epsilon"] = dp.epsilon(st.step)
                     tracker.log(st.step, rec)
                 if bar is not None:
                     bar.post = {"loss": f"{train_loss:.3f}", "tok/s": f"{tok_s:,.0f}"}
@@ -458,6 +479,6 @@ def fit(model: nn.Module, cfg: LoopConfig, rt: Runtime, train_data: BatchSource,
         log(f"[{key_prefix}] stopped by {st.stopped_by} at step {st.step}{budget_note} after {elapsed():.1f}s; "
             f"final val loss {val_loss if val_loss is None else round(val_loss, 4)} over {n:,} tokens")
     return FitResult(model=result_model, state=st, train_loss=st.last_train_loss, val_loss=val_loss, val_nats=nats,
-                     curve_val_loss=curve_loss,
+                     curve_val_loss=curve_loss, extra={"dp": dp.summary(st.step)} if dp is not None else {},
                      val_tokens=n, tokens_per_s=tokens_this_attempt / max(train_time, 1e-9),
                      train_seconds=train_time, resumed_from=resumed_from, peak_rss_mb=peak_rss_mb())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -30,11 +31,11 @@ def ids(split: str, n: int) -> list[str]:
     return out
 
 
-def run(step: Decontaminate, docs: list[Document]) -> tuple[list[Document], list[tuple[str, Document]], StepStats]:
+def run(step: Decontaminate, docs: Iterable[Document]) -> tuple[list[Document], list[tuple[str, Document]], StepStats]:
     dropped: list[tuple[str, Document]] = []
     stats = StepStats(name=step.name, quarantine=lambda d, _s, reason: dropped.append((reason, d)))
     kept = list(counted(step, docs, stats))
-    assert stats.seen == len(docs) == stats.kept + len(dropped)
+    assert stats.seen == stats.kept + len(dropped) == (len(docs) if isinstance(docs, list) else stats.seen)
     return kept, dropped, stats
 
 
@@ -97,3 +98,33 @@ def test_min_matches_and_index_rules(wiki_paragraphs: list[str]) -> None:
     assert len(kept) == 1 and not dropped
     with pytest.raises(ValidationError):
         DecontaminateStep(ngram=2)
+
+
+def test_the_streaming_step_gives_what_holding_every_document_gave(tmp_path: Path, wiki_paragraphs: list[str],
+                                                                   speeches: list[str]) -> None:
+    """Training documents wait on disk (here from the first), not in memory; the outcome is what indexing every validation
+    document first and then judging the training documents in order gives."""
+    n = 600
+    names = [f"doc{i}" for i in range(n)]
+    texts = wiki_paragraphs[:n]
+    # Every 10th training text quotes 15 words of a later validation document.
+    val_at = [i for i in range(n) if split_of(names[i], VAL_FRACTION) == "val"]
+    train_at = [i for i in range(n) if i not in set(val_at)]
+    for k, i in enumerate(train_at[::10]):
+        src = val_at[-1 - k % 20]
+        texts[i] = speeches[k] + " " + " ".join(words(texts[src])[:15])
+    docs = [doc(t, name) for t, name in zip(texts, names, strict=True)]
+    docs[train_at[3]].meta["quality"] = {"c4_lines": 3, "ratio": 0.5}
+    index = NGramIndex(13)
+    for i in val_at:
+        index.add(texts[i], f"val:{names[i]}")
+    expected = [names[i] for i in train_at if index.matches(texts[i]) is None]
+    step = Decontaminate(DecontaminateStep(), VAL_FRACTION, work_dir=tmp_path / "work", memory_chars=0)
+    kept, dropped, stats = run(step, (d for d in docs))
+    assert stats.seen == n
+    assert [d.id for d in kept] == [names[i] for i in val_at] + expected
+    assert len(dropped) == len(train_at) - len(expected) >= 20
+    assert {d.id: d.meta["contamination"]["against"] for _, d in dropped} == {
+        names[i]: index.matches(texts[i])[2] for i in train_at if index.matches(texts[i]) is not None}
+    assert next(d for d in kept if d.id == names[train_at[3]]).meta == {"quality": {"c4_lines": 3, "ratio": 0.5}}
+    assert not any((tmp_path / "work").iterdir())  # the spooled documents are gone

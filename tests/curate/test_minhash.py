@@ -145,3 +145,62 @@ def test_config_bounds() -> None:
         MinHashStep(bands=0)
     with pytest.raises(ValidationError):
         MinHashStep(bands=256, rows=64)
+
+
+def in_memory_reference(docs: list[Document]) -> tuple[list[str], dict[str, str], list[tuple[str, list[str]]]]:
+    """What the step computed before it streamed: every document held, every band's keys sorted together
+    in one array. Returns the kept ids, each dropped id's ``duplicate_of``, and the clusters in the
+    order their first duplicate comes."""
+    hasher = MinHasher()
+    sigs = hasher.signatures([d.text for d in docs])
+    present = has_shingles(sigs)
+    keys = hasher.band_keys(sigs)[present]
+    index = np.repeat(np.flatnonzero(present), keys.shape[1])
+    keys = keys.reshape(-1)
+    order = np.argsort(keys, kind="stable")
+    keys, index = keys[order], index[order]
+    opens = np.ones(len(keys), dtype=bool)
+    opens[1:] = keys[1:] != keys[:-1]
+    head = index[np.maximum.accumulate(np.where(opens, np.arange(len(keys)), 0))]
+    pairs = np.stack([head[~opens], index[~opens]], axis=1)
+    roots = clusters(np.unique(pairs[pairs[:, 0] != pairs[:, 1]], axis=0), len(docs))
+    found: dict[str, list[str]] = {}
+    for i, r in enumerate(roots.tolist()):
+        if r != i:
+            found.setdefault(docs[r].id, [docs[r].id]).append(docs[i].id)
+    return ([d.id for i, d in enumerate(docs) if roots[i] == i],
+            {d.id: docs[int(roots[i])].id for i, d in enumerate(docs) if roots[i] != i}, list(found.items()))
+
+
+@pytest.mark.parametrize("memory_chars", [0, None], ids=["on-disk", "in-memory"])
+def test_the_streaming_step_gives_what_holding_every_document_gave(corpus, tmp_path, memory_chars) -> None:
+    docs, _ = corpus
+    part = copy.deepcopy(docs[:3000])
+    for d in part[::7]:
+        d.meta["quality"] = {"gopher_word_count": len(d.text.split()), "ratio": 0.125}  # meta survives the spool
+    step = MinHashDedup(work_dir=tmp_path / "work", memory_chars=memory_chars)
+    dropped: list[Document] = []
+    stats = StepStats(name=step.name, quarantine=lambda d, _step, _reason: dropped.append(d))
+    kept = list(counted(step, (copy.deepcopy(d) for d in part), stats))  # a generator: nothing held by the caller
+    kept_ids, duplicate_of, found = in_memory_reference(part)
+    assert [d.id for d in kept] == kept_ids and len(dropped) == len(part) - len(kept_ids) > 50
+    assert {d.id: d.meta.pop("duplicate_of") for d in dropped} == duplicate_of
+    by_id = {d.id: d for d in part}
+    assert all(d.text == by_id[d.id].text and d.meta == by_id[d.id].meta for d in kept + dropped)
+    assert [(r["kept"], r["members"]) for r in step.cluster_records()] == found
+    assert not any((tmp_path / "work").iterdir())  # the band files and the spooled documents are gone
+
+
+def test_the_spool_gives_back_what_it_was_given(corpus, tmp_path) -> None:
+    from gristmill.curate.spool import DocumentSpool
+
+    docs = copy.deepcopy(corpus[0][:200])
+    docs[3].meta = {"quality": {"a": 0.1, "b": 3}, "split": "train", "tags": ["x", None]}
+    docs[4].provenance.title, docs[4].provenance.license = "A title", "CC0"
+    for memory_chars, spills in ((0, True), (sum(len(d.text) for d in docs[:50]), True), (None, False)):
+        spool = DocumentSpool(tmp_path / "spool", memory_chars)
+        for d in docs:
+            spool.add(d)
+        assert spool.spilled == spills
+        assert list(spool) == docs  # dataclass equality: every field, meta and provenance included
+        assert not any((tmp_path / "spool").iterdir())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from pydantic import ValidationError
 
@@ -93,3 +95,29 @@ def test_options_and_signals(prose: list[str]) -> None:
     assert C4Filter(C4Step(min_sentences=1000)).judge(signals) == "too_few_sentences"
     with pytest.raises(ValidationError):
         C4Step(min_words_per_line=-1)
+
+
+def test_the_line_clean_up_equals_line_reason_applied_to_every_line(wiki_articles: list[str],
+                                                                     speeches: list[str]) -> None:
+    """``clean`` decides the common cases inline; it must agree with ``line_reason`` line by line."""
+    page = ("Home\nPlease enable JavaScript to read this page, thank you.\nWe use cookies. See our privacy policy.\n"
+            "A line [1] with a citation [edit] that ends well.\n" + "x" * 1200 + " and two more words.\n\n  \n"
+            "Too short.\nThree words here\n")
+    texts = [*wiki_articles, "\n".join(speeches[:2000]), page]
+    for cfg in (C4Step(), C4Step(min_words_per_line=1), C4Step(min_words_per_line=0, terminal_punct=False,
+                                                               max_word_length=6, javascript_lines=False)):
+        flt = C4Filter(cfg)
+        for text in texts:
+            kept, removed = [], {}
+            for raw in text.split("\n"):
+                line = raw.strip()
+                if cfg.remove_citations:
+                    line = re.sub(r"\[\d*\]|\[edit\]|\[citation needed\]", "", line, flags=re.IGNORECASE).strip()
+                if not raw.strip():
+                    continue
+                reason = flt.line_reason(line)
+                if reason is None:
+                    kept.append(line)
+                else:
+                    removed[reason] = removed.get(reason, 0) + 1
+            assert flt.clean(text) == ("\n".join(kept), removed)

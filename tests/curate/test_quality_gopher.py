@@ -154,3 +154,29 @@ def test_batched_ngram_measures_equal_the_per_document_ones(wiki_articles: list[
         alone = doc(d.text)
         GopherRepetitionFilter().reject(alone)
         assert alone.meta["quality"] == d.meta["quality"]
+
+
+def plain_quality_signals(text: str) -> dict[str, float]:
+    """The word-based quality signals as the rules state them: every word stripped of its punctuation,
+    letterless words found in the whole text, every stripped word lowercased. The filter reaches the
+    same numbers while stripping only the words that are not all letters."""
+    import re
+
+    from gristmill.curate.quality.gopher import STOP_WORDS
+    from gristmill.curate.text import _WORD_EDGE_PUNCT
+
+    words = text.split()
+    bare = [w for w in (w.strip(_WORD_EDGE_PUNCT) for w in words) if w]
+    letterless = re.findall(r"(?<!\S)(?:[\d_]|[^\w\s])+(?!\S)", text)
+    return {"gopher_mean_word_length": sum(map(len, bare)) / len(bare) if bare else 0.0,
+            "gopher_alpha_words": (len(words) - len(letterless)) / len(words) if words else 0.0,
+            "gopher_stop_words": len(set(STOP_WORDS) & {w.lower() for w in bare})}
+
+
+def test_word_signals_equal_the_plain_statement_of_the_rules(wiki_articles: list[str], speeches: list[str]) -> None:
+    odd = ["The THE tHe wİth With. ..., 123 _ab_ ½ ² #### … — 'to' (OF) and", "", "   ", "...", "K\u212aTHE",
+           "the\u0301 ...the... be; 'have' «with» “that” 1990s 12:30 -- ---- ok!", "İt is ĳ ﬁne.\u00a0of"]
+    flt = GopherQualityFilter()
+    for text in wiki_articles + speeches[:3000] + odd:
+        signals = dict(flt.measure(TextViews().of(text)))
+        assert {k: signals[k] for k in plain_quality_signals(text)} == plain_quality_signals(text), text[:80]

@@ -239,6 +239,8 @@ def test_slot_cache_copies_and_keeps_data_across_growth():
     assert cache.capacity == 100
     cache.shrink(used=8)
     assert cache.capacity == 16 and torch.equal(cache.k[1][0, :, :8], torch.arange(32.0).view(1, 8, 4))
+    cache.shrink(used=0)  # nothing running: back to the smallest size, not stuck at twice it
+    assert cache.capacity == 8
 
 
 def test_bad_requests_are_refused_before_they_queue(loaded):

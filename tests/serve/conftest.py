@@ -17,7 +17,7 @@ from gristmill.serve.config import ServeConfig
 
 @pytest.fixture(scope="session")
 def tiny_app(tiny_model_dir: Path):
-    return create_app(tiny_model_dir, ServeConfig(max_tokens=16, device="cpu"), api_key=KEY)
+    return create_app(tiny_model_dir, ServeConfig(max_tokens=16, device="cpu", weights="fp32"), api_key=KEY)
 
 
 @pytest.fixture(scope="session")

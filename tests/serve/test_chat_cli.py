@@ -30,7 +30,7 @@ def chat_process(model_dir: Path, *args: str) -> subprocess.Popen:
 
 def test_piped_conversation_keeps_history_and_resets(tiny_model_dir: Path, loaded):
     model, tok = loaded
-    proc = chat_process(tiny_model_dir, "--temperature", "0", "--max-tokens", "6")
+    proc = chat_process(tiny_model_dir, "--temperature", "0", "--max-tokens", "6", "--weights", "fp32")
     out, err = proc.communicate("Who is Hamlet?\nAnd Ophelia?\n/bogus\n\n/reset\nWho is Hamlet?\n", timeout=120)
     assert proc.returncode == 0, err
     answers = [part.split("\nyou> ")[0] for part in out.split("assistant> ")[1:]]  # answer, newline, prompt

@@ -350,7 +350,8 @@ def test_an_unmerged_lora_adapter_serves_merged_or_as_layers(tiny_model_dir: Pat
     req = {"prompt": "To be, or not", "max_tokens": 8, "temperature": 0}
     texts = {}
     for merge in (True, False):
-        with TestClient(create_app(tmp_path / "adapter", ServeConfig(device="cpu", merge_adapter=merge))) as c:
+        with TestClient(create_app(tmp_path / "adapter", ServeConfig(device="cpu", merge_adapter=merge,
+                                                                            weights="fp32"))) as c:
             texts[merge] = c.post("/v1/completions", json=req).json()["choices"][0]["text"]
     with TestClient(create_app(tiny_model_dir, ServeConfig(device="cpu"))) as c:
         base_text = c.post("/v1/completions", json=req).json()["choices"][0]["text"]

@@ -463,3 +463,46 @@ def test_recipe_checks_name_the_key_before_anything_runs(tmp_path, monkeypatch):
     assert cfg.steps[1].max_dup_line_fraction == 1.0 and cfg.steps[1].max_dup_ngram_chars[5] == 0.15
     with pytest.raises(ConfigError, match="kind"):
         validate(PrepareConfig, {"kind": "novels"}, "recipe x")
+
+
+def test_decontamination_reads_the_evaluate_sections_files(tmp_path):
+    """A recipe's evaluate tasks and held-out files reach prepare's decontamination: a training document
+    quoting a task item is dropped naming the task's data file, and the files are in prepare's cache key."""
+    from gristmill.pipeline.recipe import Recipe
+    from gristmill.pipeline.runner import fingerprint, stage
+    from gristmill.stages.prepare import held_out_paths
+
+    ctx = collected(tmp_path / "runs" / "t", {"name": "wiki", "type": "mediawiki", "path": WIKI, "limit": 12})
+    docs = list(read_documents(ctx.input_dir("collect")))
+    quoted = next(d for d in docs[3:] if len(d.text.split()) > 200)
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "qa.yaml").write_text("task: qa\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+                                   "    test: qa.jsonl\noutput_type: generate_until\n", "utf-8")
+    items = [{"question": "What is two and two?", "answer": "four"},
+             {"question": " ".join(quoted.text.split()[100:140]) + " What comes next?", "answer": "more"}]
+    (tasks / "qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in items), "utf-8")
+    heldout = tmp_path / "heldout.txt"
+    heldout.write_text("Held-out text that no training document quotes, said nobody at all, ever, anywhere.\n", "utf-8")
+    data = {"name": "t", "runs_dir": str(tmp_path / "runs"),
+            "prepare": {"val_fraction": 0.0, "steps": [{"type": "decontaminate"}]},
+            "evaluate": {"tasks": [str(tasks)], "heldout_files": [str(heldout)]}}
+    recipe = validate(Recipe, data, "recipe test")
+    assert held_out_paths(recipe.prepare) == [heldout, tasks / "qa.yaml", tasks / "qa.jsonl"]
+    stats = run_prepare(ctx, recipe.prepare)
+    train, _, dropped = outputs(ctx)
+    assert [r["document"]["id"] for r in dropped] == [quoted.id] and len(train) == len(docs) - 1
+    assert dropped[0]["document"]["meta"]["contamination"]["against"] == f"{tasks / 'qa.jsonl'}:2"
+    assert stats["steps"]["decontaminate"]["details"]["dropped_by"] == {str(tasks / "qa.jsonl"): 1}
+    # The files are inputs of prepare: changing a task's data re-runs it; from_evaluate: false leaves them out.
+    key, inputs = fingerprint(recipe, stage("prepare"))
+    assert set(inputs["files"]) == {str(heldout), str(tasks / "qa.yaml"), str(tasks / "qa.jsonl")}
+    with open(tasks / "qa.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps({"question": "And three and three?", "answer": "six"}) + "\n")
+    assert fingerprint(recipe, stage("prepare"))[0] != key
+    data["prepare"]["steps"] = [{"type": "decontaminate", "from_evaluate": False}]
+    assert held_out_paths(validate(Recipe, data, "recipe test").prepare) == []
+    data["evaluate"]["tasks"] = [str(tmp_path / "missing")]
+    data["prepare"]["steps"] = [{"type": "decontaminate"}]
+    with pytest.raises(InputError, match="evaluate.tasks: .*missing does not exist.*from_evaluate: false"):
+        held_out_paths(validate(Recipe, data, "recipe test").prepare)

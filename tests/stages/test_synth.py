@@ -217,3 +217,16 @@ def test_cut_to_boundary_prefers_sentence_ends() -> None:
     text = "One sentence here. Another one follows here. And a third that goes on and on"
     assert cut_to_boundary(text, 50) == "One sentence here. Another one follows here."
     assert cut_to_boundary("short", 50) == "short"
+
+
+def test_each_generator_reports_the_documents_it_could_use(tmp_path: Path, docs) -> None:
+    stats = synth(tmp_path, docs)
+    gens = stats["train"]["generators"]
+    assert gens["qa"] == {"documents": 4, "usable": 2, "skipped": {"not_an_article": 2}, "drafts": 2, "accepted": 1}
+    assert gens["speaker"]["usable"] == 2 and gens["speaker"]["skipped"] == {"not_a_play": 2}
+    assert gens["source"]["skipped"] == {"too_short": 1} and gens["continue"]["skipped"] == {"too_short": 2}
+    assert sum(g["drafts"] for g in gens.values()) == stats["train"]["drafts"]
+    assert {t: g["accepted"] for t, g in gens.items()} == stats["train"]["accepted_by_task"]
+    card = json.loads((tmp_path / "synth" / "data_card.json").read_text(encoding="utf-8"))
+    assert card["generated"]["train"]["examples"] == stats["train"]["examples"]
+    assert [e["reason"] for e in card["filters"]["removed"]] == ["pii"]

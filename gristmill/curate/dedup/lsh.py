@@ -2,12 +2,13 @@
 :mod:`gristmill.curate.dedup.minhash`.
 
 The work is three phases with plain arrays between them, so that each can run per shard and the middle
-one can later move to disk:
+one keeps its data on disk:
 
 1. :meth:`MinHasher.signatures`: texts -> ``[docs, K]`` uint32 signatures, and
    :meth:`MinHasher.band_keys`: -> ``[docs, b]`` uint64 bucket keys. Per shard, no shared state.
-2. :class:`Buckets`: collects every shard's bucket keys (``add``) and merges them into candidate pairs
-   (``pairs``) by sorting keys; in memory for now.
+2. :class:`Buckets`: writes every shard's bucket keys to one file per band (``add``), then reads the
+   bands back one at a time and sorts each into candidate pairs (``pairs``): memory per document is a
+   few bytes, not its text.
 3. :func:`clusters`: pairs -> the index each document is kept as; the filter drops the others.
 
 Hashing, all in numpy over a whole batch of texts (no Python loop per word). A word's hash is a
@@ -29,7 +30,8 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import IO, TYPE_CHECKING
 
 import numpy as np
 
@@ -213,16 +215,23 @@ def has_shingles(signatures: np.ndarray) -> np.ndarray:
 
 
 class Buckets:
-    """Phase 2: every shard's bucket keys, merged into candidate pairs.
+    """Phase 2: every shard's bucket keys, merged into candidate pairs, one band at a time.
 
     Shards are added in corpus order, so a document's global index is its shard's offset plus its
-    position; a document without words is in no bucket. Kept in memory for now; ``add`` is where keys
-    would be written to disk per shard, and ``pairs`` where they would be merge-sorted back.
+    position; a document without words is in no bucket. Each band's keys go to a file of their own
+    (8 bytes per document that has words, with its global index beside it, 8 more), so memory does not
+    grow with the corpus while shards are added; :meth:`pairs` then reads and sorts one band at a time
+    (about 40 bytes per document while it does). ``directory``: where the band files go (None: a
+    temporary folder); they are deleted by :meth:`close` or when ``pairs`` has read them.
     """
 
-    def __init__(self) -> None:
-        self._keys: list[np.ndarray] = []
-        self._docs: list[np.ndarray] = []
+    def __init__(self, directory: Path | None = None) -> None:
+        import tempfile
+
+        if directory is not None:
+            directory.mkdir(parents=True, exist_ok=True)
+        self._dir = tempfile.TemporaryDirectory(dir=directory, prefix="lsh-buckets-")
+        self._files: list[tuple[IO[bytes], IO[bytes]]] = []  # per band: keys, document indices
         self.n_docs = 0
 
     def add(self, keys: np.ndarray, present: np.ndarray | None = None) -> int:
@@ -233,24 +242,55 @@ class Buckets:
         docs = np.arange(first, self.n_docs, dtype=np.int64)
         if present is not None:
             keys, docs = keys[present], docs[present]
-        self._keys.append(keys.reshape(-1))
-        self._docs.append(np.repeat(docs, keys.shape[1]))
+        if not self._files:
+            root = Path(self._dir.name)
+            self._files = [(open(root / f"band{b}.keys", "wb"), open(root / f"band{b}.docs", "wb"))
+                           for b in range(keys.shape[1])]
+        if keys.shape[1] != len(self._files):
+            raise ValueError(f"a shard has {keys.shape[1]} bands, the earlier ones {len(self._files)}")
+        doc_bytes = docs.tobytes()
+        for b, (kf, df) in enumerate(self._files):
+            kf.write(np.ascontiguousarray(keys[:, b], dtype=np.uint64).tobytes())
+            df.write(doc_bytes)
         return first
 
     def pairs(self) -> np.ndarray:
         """``[pairs, 2]`` int64 (earlier, later) global indices of documents sharing a bucket: each
-        document paired with the first document of every bucket it shares, without repeats."""
-        if not self._keys:
+        document paired with the first document of every bucket it shares, without repeats. Reads the
+        band files (and then deletes them)."""
+        found = []
+        try:
+            for kf, df in self._files:
+                kf.close()
+                df.close()
+                keys = np.fromfile(kf.name, dtype=np.uint64)
+                docs = np.fromfile(df.name, dtype=np.int64)
+                found.append(_band_pairs(keys, docs))
+        finally:
+            self.close()
+        if not found:
             return np.empty((0, 2), dtype=np.int64)
-        keys, docs = np.concatenate(self._keys), np.concatenate(self._docs)
-        order = np.argsort(keys, kind="stable")  # stable: documents stay in input order inside a bucket
-        keys, docs = keys[order], docs[order]
-        opens = np.ones(len(keys), dtype=bool)
-        opens[1:] = keys[1:] != keys[:-1]
-        head = docs[np.maximum.accumulate(np.where(opens, np.arange(len(keys)), 0))]
-        pairs = np.stack([head[~opens], docs[~opens]], axis=1)
-        pairs = pairs[pairs[:, 0] != pairs[:, 1]]
-        return np.unique(pairs, axis=0)
+        return np.unique(np.concatenate(found), axis=0)
+
+    def close(self) -> None:
+        """Delete the band files."""
+        for kf, df in self._files:
+            kf.close()
+            df.close()
+        self._files = []
+        self._dir.cleanup()
+
+
+def _band_pairs(keys: np.ndarray, docs: np.ndarray) -> np.ndarray:
+    """(head, member) pairs of one band: every document paired with the first document of its bucket.
+    Documents come in index order and the sort is stable, so a bucket's first entry is its earliest."""
+    order = np.argsort(keys, kind="stable")
+    keys, docs = keys[order], docs[order]
+    opens = np.ones(len(keys), dtype=bool)
+    opens[1:] = keys[1:] != keys[:-1]
+    head = docs[np.maximum.accumulate(np.where(opens, np.arange(len(keys)), 0))]
+    pairs = np.stack([head[~opens], docs[~opens]], axis=1)
+    return pairs[pairs[:, 0] != pairs[:, 1]]
 
 
 def clusters(pairs: np.ndarray, n_docs: int) -> np.ndarray:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
@@ -88,10 +89,15 @@ class MinHashDedup:
     """Drop near duplicates of an earlier document (``near_duplicate``; ``meta.duplicate_of`` names the
     kept one), running the three phases of :mod:`~gristmill.curate.dedup.lsh` over one stream.
 
-    Documents are held until the stream ends (clusters need every signature), then yielded in input
-    order. Memory: the documents, plus 8 bytes per band per document. For corpora larger than memory,
-    run the phases per shard (``MinHasher``, ``Buckets``, ``clusters`` in ``lsh``). :meth:`clusters`
-    lists the clusters of the last run, :meth:`cluster_records` the same with the start of each text.
+    Clusters need every signature, so the stream is read twice: the first pass hashes each batch of
+    documents, writes their bucket keys to disk (:class:`~gristmill.curate.dedup.lsh.Buckets`) and parks
+    the documents (:class:`~gristmill.curate.spool.DocumentSpool`: in memory up to ``memory_chars``
+    characters of text, default ``spool.MEMORY_CHARS``, then on disk); once the stream ends the clusters
+    are found and the second pass reads the documents back and yields them in input order, dropping the
+    duplicates. Memory beyond the spool's cap: one batch of documents, plus about 40 bytes per document
+    while the buckets are merged and 8 after (the cluster of each). ``work_dir``: where the scratch files
+    go (None: the system's temporary folder). :meth:`clusters` lists the clusters of the last run,
+    :meth:`cluster_records` the same with the start of each text.
     """
 
     name = "minhash"
@@ -99,43 +105,58 @@ class MinHashDedup:
     example_chars = 200
     """Characters of each member kept for :meth:`cluster_records`."""
 
-    def __init__(self, cfg: MinHashStep | None = None) -> None:
+    def __init__(self, cfg: MinHashStep | None = None, work_dir: Path | None = None,
+                 memory_chars: int | None = None) -> None:
         from gristmill.curate.dedup.lsh import MinHasher
 
         self.cfg = cfg if cfg is not None else MinHashStep()
         self.hasher = MinHasher.from_config(self.cfg)
+        self.work_dir = work_dir
+        self.memory_chars = memory_chars
         self._clusters: dict[str, list[str]] = {}
         self._starts: dict[str, str] = {}
 
     def run(self, docs: Iterable[Document], stats: StepStats) -> Iterator[Document]:
-        from gristmill.curate.dedup.lsh import Buckets, clusters
+        import numpy as np
 
-        held: list[Document] = []
-        buckets = Buckets()
-        batch: list[str] = []
-        for doc in docs:
-            held.append(doc)
-            batch.append(doc.text)
-            if len(batch) == self.batch_size:
+        from gristmill.curate.dedup.lsh import Buckets, clusters
+        from gristmill.curate.spool import DocumentSpool
+
+        spool = DocumentSpool(self.work_dir, self.memory_chars)
+        buckets = Buckets(self.work_dir)
+        try:
+            batch: list[str] = []
+            for doc in docs:
+                spool.add(doc)
+                batch.append(doc.text)
+                if len(batch) == self.batch_size:
+                    self._add(buckets, batch)
+                    batch = []
+            if batch:
                 self._add(buckets, batch)
-                batch = []
-        if batch:
-            self._add(buckets, batch)
-        roots = clusters(buckets.pairs(), buckets.n_docs)
+            roots = clusters(buckets.pairs(), buckets.n_docs)
+        except BaseException:
+            spool.close()
+            buckets.close()
+            raise
+        # Only the kept document of each cluster is looked up later: remember those as they pass.
+        heads = set(np.unique(roots[roots != np.arange(len(roots))]).tolist())
+        head_of: dict[int, tuple[str, str]] = {}  # index -> id, start of text
         found: dict[str, list[str]] = {}
         starts: dict[str, str] = {}
-        for i, doc in enumerate(held):
-            root = int(roots[i])
+        for i, (doc, root) in enumerate(zip(spool, roots.tolist(), strict=True)):
             if root == i:
+                if i in heads:
+                    head_of[i] = doc.id, doc.text[: self.example_chars]
                 yield doc
                 continue
-            kept = held[root]
-            if kept.id not in found:
-                found[kept.id] = [kept.id]
-                starts[kept.id] = kept.text[: self.example_chars]
-            found[kept.id].append(doc.id)
+            head, start = head_of[root]
+            if head not in found:  # a cluster is listed when its first duplicate comes
+                found[head] = [head]
+                starts[head] = start
+            found[head].append(doc.id)
             starts[doc.id] = doc.text[: self.example_chars]
-            doc.meta["duplicate_of"] = kept.id
+            doc.meta["duplicate_of"] = head
             stats.drop(doc, "near_duplicate")
         self._clusters, self._starts = found, starts
 
@@ -151,8 +172,8 @@ class MinHashDedup:
         return {k: list(v) for k, v in self._clusters.items()}
 
     def cluster_records(self, examples: int = 3) -> Iterator[dict[str, Any]]:
-        """One record per cluster, in input order of the kept documents: ``kept``, ``size``, ``members``
-        (every id, the kept one first) and ``examples`` (the first ``examples`` members' ids and the first
+        """One record per cluster, in the input order of each cluster's first duplicate: ``kept``, ``size``,
+        ``members`` (every id, the kept one first) and ``examples`` (the first ``examples`` members' ids and the first
         200 characters of their text)."""
         for kept, members in self._clusters.items():
             yield {"kept": kept, "size": len(members), "members": list(members),

@@ -100,12 +100,14 @@ class C4Filter(SignalFilter):
         """Why C4 removes this (stripped, citation-free) line, or None to keep it. ``javascript`` and
         ``policy`` false: the text holds no such notice, those checks are skipped."""
         cfg = self.cfg
-        words = line.split()
-        if len(words) < cfg.min_words_per_line:
+        m = cfg.min_words_per_line
+        # Split off at most m words: a line with at least m words gives m pieces (the last one the rest of
+        # the line), so a long line is not split whole just to be counted.
+        if m and len(line.split(None, m - 1)) < m:
             return "too_few_words"
         if cfg.terminal_punct and not line.endswith(TERMINAL_PUNCT):
             return "no_terminal_punct"
-        if len(line) > cfg.max_word_length and max(map(len, words)) > cfg.max_word_length:
+        if len(line) > cfg.max_word_length and max(map(len, line.split())) > cfg.max_word_length:
             return "long_word"  # (a line no longer than the limit cannot hold a longer word)
         if javascript or policy:
             lower = line.lower()
@@ -125,17 +127,28 @@ class C4Filter(SignalFilter):
         javascript = cfg.javascript_lines and "javascript" in lower
         policy = cfg.policy_lines and _POLICY.search(lower) is not None
         citations = cfg.remove_citations and "[" in text
+        m, punct = cfg.min_words_per_line, cfg.terminal_punct
+        notices = javascript or policy
         for raw in text.split("\n"):
             line = raw.strip()
             if not line:
                 continue
             if citations and "[" in line:
                 line = _CITATION.sub("", line).strip()
-            reason = self.line_reason(line, javascript, policy)
-            if reason is None:
-                kept.append(line)
+            # The common verdicts inline (no call per line), in line_reason's order; the rare checks
+            # (long words, notices) through it.
+            if m and len(line.split(None, m - 1)) < m:
+                removed["too_few_words"] += 1
+            elif punct and not line.endswith(TERMINAL_PUNCT):
+                removed["no_terminal_punct"] += 1
+            elif len(line) > cfg.max_word_length or notices:
+                reason = self.line_reason(line, javascript, policy)
+                if reason is None:
+                    kept.append(line)
+                else:
+                    removed[reason] += 1
             else:
-                removed[reason] += 1
+                kept.append(line)
         return "\n".join(kept), removed
 
     def apply(self, text: str) -> str:

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
-from itertools import chain
+from itertools import chain, product
+from operator import methodcaller
 from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
@@ -31,11 +32,17 @@ if TYPE_CHECKING:
     import numpy as np
 
 STOP_WORDS = ("the", "be", "to", "of", "and", "that", "have", "with")
-_STOP_SET = frozenset(STOP_WORDS)
+# Every upper/lower-case spelling of each stop word ("the", "The", "tHe" ...: 76 strings). Besides the ASCII
+# letters, only the Kelvin sign (U+212A, a "k") lowercases to ASCII letters alone, and no stop word holds a
+# "k", so a word lowercases to a stop word exactly when it is one of these.
+_STOP_SPELLINGS = frozenset("".join(cs) for w in STOP_WORDS for cs in product(*((c, c.upper()) for c in w)))
 # Characters that open a bulleted line: typographic bullets and the ASCII ones Markdown uses.
 BULLETS = ("-", "*", "\u2022", "\u2023", "\u2043", "\u25e6", "\u25cf", "\u25cb", "\u25aa", "\u25ab",
            "\u25a0", "\u25a1", "\u25ba", "\u25b6", "\u27a2", "\u2013", "\u00b7")
 _ELLIPSES = ("...", "\u2026")
+# Line tests for sum(map(...)): C-level calls, no Python generator per line (True counts 1).
+_OPENS_A_BULLET = methodcaller("startswith", BULLETS)
+_ENDS_IN_ELLIPSIS = methodcaller("endswith", _ELLIPSES)
 # A whitespace-separated token without a letter: digits, underscores and symbols only.
 _NO_LETTER_WORD = re.compile(r"(?<!\S)(?:[\d_]|[^\w\s])+(?!\S)")
 
@@ -153,16 +160,22 @@ class GopherQualityFilter(SignalFilter):
         text, words = view.text, view.words
         n = len(words)
         yield "gopher_word_count", n
-        bare = view.bare_words
-        yield "gopher_mean_word_length", fraction(sum(map(len, bare)), len(bare))
+        # The words without surrounding punctuation, counted without stripping every word: only the words
+        # that are not all letters change when stripped, and those stripped to nothing are not words.
+        odd, odd_bare = view.odd_words, view.odd_bare
+        bare_chars = view.word_chars - sum(map(len, odd)) + sum(map(len, odd_bare))
+        yield "gopher_mean_word_length", fraction(bare_chars, n - odd_bare.count(""))
         yield "gopher_hash_ratio", fraction(text.count("#"), n)
         yield "gopher_ellipsis_ratio", fraction(sum(text.count(e) for e in _ELLIPSES), n)
         lines = view.lines
-        yield "gopher_bullet_lines", fraction(sum(line.startswith(BULLETS) for line in lines), len(lines))
-        yield "gopher_ellipsis_lines", fraction(sum(line.endswith(_ELLIPSES) for line in lines), len(lines))
-        yield "gopher_alpha_words", fraction(n - len(_NO_LETTER_WORD.findall(text)), n)
-        # Lowercase only the distinct words: the stop words are compared case-blind.
-        yield "gopher_stop_words", len(_STOP_SET.intersection(map(str.lower, set(bare))))
+        yield "gopher_bullet_lines", fraction(sum(map(_OPENS_A_BULLET, lines)), len(lines))
+        yield "gopher_ellipsis_lines", fraction(sum(map(_ENDS_IN_ELLIPSIS, lines)), len(lines))
+        # A word of letters only has a letter: search for letterless words among the others, rejoined.
+        yield "gopher_alpha_words", fraction(n - len(_NO_LETTER_WORD.findall(" ".join(odd))), n)
+        # Every spelling of a stop word is all letters, so the whole words are matched against them as they
+        # stand (set lookups in C, nothing lowercased) and only the odd words stripped.
+        found = _STOP_SPELLINGS.intersection(words) | _STOP_SPELLINGS.intersection(odd_bare)
+        yield "gopher_stop_words", len({w.lower() for w in found})
 
 
 class WordNGrams:
