@@ -57,6 +57,9 @@ class Stage:
     """The files outside the run it reads, from its config (hashed into its cache key)."""
     reads: Callable[[Any], tuple[str, ...]] | None = None
     """The stages of ``needs`` it reads with this config (default: all of them); those must have finished."""
+    conditional: tuple[str, ...] = ()
+    """Stages of ``needs`` read only when ``reads`` lists them for the config (synth's teacher from base,
+    tokenize's paraphrases from synth): otherwise left out of its cache key, so they do not re-run it."""
     partial_inputs: bool = False
     """Runs on whatever upstream stages have finished (the report); otherwise they all must have."""
     enabled: Callable[[Any], bool] | None = None

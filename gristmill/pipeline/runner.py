@@ -49,7 +49,10 @@ def fingerprint(recipe: Any, st: Stage) -> tuple[str, dict[str, Any]]:
     """The cache key of a stage, and the inputs record that goes into its manifest."""
     cfg = getattr(recipe, st.name).model_dump(mode="json", exclude=set(st.runtime_keys))
     upstream = {}
+    unread = set(st.conditional) - set(st.inputs(getattr(recipe, st.name)))
     for dep in st.needs:  # every stage it may read, finished or not: a change upstream re-runs it
+        if dep in unread:
+            continue
         m = load_manifest(recipe.run_dir / dep)
         upstream[dep] = None if m is None else sha256_json([m["fingerprint"], m["outputs"]])
     files = {}

@@ -432,6 +432,7 @@ STAGE = Stage(
     name="synth",
     config=SynthConfig,
     needs=("prepare", "base"),
+    conditional=("base",),
     run=run,
     help="make synthetic chat data from documents",
     reads=reads,

@@ -1,11 +1,13 @@
 """tokenize: train a byte-level BPE tokenizer on the prepared text and write flat token files.
 
-Reads prepare's ``train`` and ``val`` documents and writes ``tokenizer.json``, ``train.bin``, ``val.bin`` and
+Reads prepare's ``train`` and ``val`` documents (and, with ``paraphrases``, synth's paraphrased train
+documents, appended to the train tokens) and writes ``tokenizer.json``, ``train.bin``, ``val.bin`` and
 ``meta.json`` (format in docs/contracts.md).
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,9 +15,26 @@ from typing import Any
 
 from gristmill.core.stage import ReportContext, Stage
 from gristmill.core.workspace import StageContext, write_json
-from gristmill.errors import InputError
-from gristmill.formats.document import document_files, read_documents
+from gristmill.errors import ConfigError, InputError
+from gristmill.formats.document import count_documents, document_files, read_documents
 from gristmill.tokenizer.config import TokenizeConfig
+
+PARAPHRASES_SPLIT = "paraphrases"
+"""synth's ``paraphrases.jsonl``, read as a split of the synth stage's folder."""
+
+
+def reads(cfg: TokenizeConfig) -> tuple[str, ...]:
+    return ("prepare", "synth") if cfg.paraphrases else ("prepare",)
+
+
+def check_config(cfg: TokenizeConfig, recipe: Any) -> None:
+    """``paraphrases`` needs synth to make them."""
+    if not cfg.paraphrases:
+        return
+    synth = getattr(recipe, "synth", None)
+    if synth is None or not any(g.type == "paraphrase" for g in synth.generators):
+        raise ConfigError("tokenize.paraphrases: true needs a `paraphrase` generator in synth.generators (with a "
+                          "synth.teacher) to write them; add one or set tokenize.paraphrases: false")
 
 
 def _texts(src: tuple[Path, str], max_bytes: int | None = None) -> Iterator[str]:
@@ -57,10 +76,16 @@ def run(ctx: StageContext, cfg: TokenizeConfig) -> dict[str, Any]:
     dtype = token_dtype(vocab)
     splits = {}
     t1 = time.time()
+    paraphrased = 0
     for split, p in paths.items():
-        splits[split] = write_token_file(tok, _texts(p), ctx.out_dir / f"{split}.bin", dtype, cfg.batch_size)
+        texts: Iterator[str] = _texts(p)
+        if split == "train" and cfg.paraphrases:
+            paraphrased = count_documents(ctx.input_dir("synth"), PARAPHRASES_SPLIT)
+            texts = itertools.chain(texts, _texts((ctx.input_dir("synth"), PARAPHRASES_SPLIT)))
+        splits[split] = write_token_file(tok, texts, ctx.out_dir / f"{split}.bin", dtype, cfg.batch_size)
         ctx.log(
             f"[tokenize] {split}: {splits[split]['documents']} documents -> {splits[split]['tokens']} tokens"
+            + (f" ({paraphrased} of them synth's paraphrases)" if split == "train" and cfg.paraphrases else "")
         )
     encode_s = time.time() - t1
     write_json(
@@ -77,6 +102,7 @@ def run(ctx: StageContext, cfg: TokenizeConfig) -> dict[str, Any]:
             f"{s}_bytes_per_token": round(c["bytes"] / c["tokens"], 4) if c["tokens"] else None
             for s, c in splits.items()
         },
+        **({"paraphrase_documents": paraphrased} if cfg.paraphrases else {}),
         "train_tokenizer_s": round(train_s, 3),
         "encode_s": round(encode_s, 3),
     }
@@ -101,7 +127,10 @@ def report(rc: ReportContext) -> str:
 STAGE = Stage(
     name="tokenize",
     config=TokenizeConfig,
-    needs=("prepare",),
+    needs=("prepare", "synth"),
+    conditional=("synth",),
+    reads=reads,
+    check=check_config,
     run=run,
     help="train a byte-level BPE tokenizer and write token files",
     report=report,

@@ -21,5 +21,9 @@ class TokenizeConfig(Config):
     train_bytes: int | None = Field(None, ge=1)
     """Train the tokenizer on at most this many UTF-8 bytes of train documents (None: all of them).
     The token files always cover every document."""
+    paraphrases: bool = False
+    """Add synth's paraphrased train documents (``synth/paraphrases.jsonl``, made by the ``paraphrase``
+    teacher generator) to ``train.bin`` after prepare's train documents, as pre-training augmentation; the
+    tokenizer is still trained on prepare's text alone, and ``val.bin`` stays prepare's validation split."""
     batch_size: int = Field(256, ge=1)
     """Documents encoded per ``encode_batch`` call while writing the token files."""

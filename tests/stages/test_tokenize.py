@@ -119,3 +119,46 @@ def test_run_tokenize_names_missing_input(tmp_path: Path) -> None:
 def test_load_tokenizer_names_missing_file(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="no tokenizer at"):
         load_tokenizer(tmp_path)
+
+
+def test_paraphrases_join_the_train_tokens_only_when_asked_and_only_then_key_the_cache(tmp_path: Path) -> None:
+    from gristmill.pipeline.recipe import check_recipe, load_recipe
+    from gristmill.pipeline.runner import fingerprint
+    from gristmill.stages.tokenize import STAGE
+
+    chunks = play_chunks(1)
+    train, val = [doc(i, t, x) for i, (t, x) in enumerate(chunks[:-1])], [doc(99, *chunks[-1])]
+    write_prepare(tmp_path, train, val)
+    paraphrase = doc(200, "hamlet", "In other words: the prince of Denmark doubts, delays and at last acts.")
+    write_jsonl(tmp_path / "synth" / "paraphrases.jsonl", [paraphrase])
+    write_json(tmp_path / "synth" / "manifest.json", {"stage": "synth", "fingerprint": "a", "outputs": {}})
+    outs = {}
+    for on in (False, True):
+        ctx = StageContext(run_dir=tmp_path / str(on), stage="tokenize", seed=1)
+        for stage in ("prepare", "synth"):
+            (ctx.run_dir / stage).parent.mkdir(parents=True, exist_ok=True)
+            if not (ctx.run_dir / stage).exists():
+                (ctx.run_dir / stage).symlink_to(tmp_path / stage)
+        ctx.out_dir.mkdir(parents=True)
+        outs[on] = (run_tokenize(ctx, TokenizeConfig(vocab_size=400, paraphrases=on)), ctx.out_dir)
+    (off, off_dir), (on, on_dir) = outs[False], outs[True]
+    assert on["train_documents"] == off["train_documents"] + 1 and on["paraphrase_documents"] == 1
+    assert (on_dir / "tokenizer.json").read_bytes() == (off_dir / "tokenizer.json").read_bytes()
+    assert (on_dir / "val.bin").read_bytes() == (off_dir / "val.bin").read_bytes()
+    arr = np.fromfile(on_dir / "train.bin", dtype=np.uint16)
+    ends = np.flatnonzero(arr == EOT_ID)
+    assert load_tokenizer(on_dir).decode(arr[ends[-2] + 1:ends[-1]].tolist()) == paraphrase.text
+
+    # synth is in tokenize's cache key only when tokenize reads it: a new synth re-runs tokenize only then
+    keys = {}
+    for on_ in (False, True):
+        recipe = load_recipe("quick", [f"runs_dir={tmp_path}", "name=r", f"tokenize.paraphrases={str(on_).lower()}"])
+        (recipe.run_dir / "synth").mkdir(parents=True, exist_ok=True)
+        pair = []
+        for fp in ("a", "b"):
+            write_json(recipe.run_dir / "synth" / "manifest.json", {"fingerprint": fp, "outputs": {}})
+            pair.append(fingerprint(recipe, STAGE)[0])
+        keys[on_] = pair
+    assert keys[False][0] == keys[False][1] and keys[True][0] != keys[True][1]
+    with pytest.raises(ConfigError, match="needs a `paraphrase` generator"):
+        check_recipe(recipe, ["tokenize"])
