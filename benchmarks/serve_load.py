@@ -223,11 +223,14 @@ class ServerSpec:
 
 
 def gristmill_spec(model_dir: Path, port: int, threads: int, slots: int, weights: str | None) -> ServerSpec:
+    from gristmill.cli import OPENMP_SPIN
     from gristmill.serve.config import ServeConfig
 
+    # the OpenMP spin `gristmill serve` sets for itself (this script starts the server without the CLI)
+    env = {"GOMP_SPINCOUNT": OPENMP_SPIN, **os.environ}
     return ServerSpec(f"gristmill ({weights or ServeConfig().weights} weights)", port,
                       [sys.executable, __file__, "--_server", str(model_dir), str(port), str(threads), str(slots),
-                       weights or ""])
+                       weights or ""], env)
 
 
 def llama_python_spec(gguf: Path, port: int, threads: int, kind: str) -> ServerSpec:

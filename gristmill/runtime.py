@@ -98,7 +98,9 @@ def release_openmp_threads() -> bool:
     every op's hand-off sleeps on a futex: on 2 cores a decode step on the inference engine's thread took
     twice as long after the main thread had loaded the model (27 vs 13 ms for SmolLM2 in int4). Call it
     from a thread that is done with torch before another thread takes over the work; the team is made
-    again if this thread runs a parallel op later. Returns whether it applied (libgomp only).
+    again if this thread runs a parallel op later. Spinning workers are what make this fast, and what
+    slows everything down when other processes want the cores: the CLI therefore caps libgomp's spin
+    (``GOMP_SPINCOUNT``, see ``gristmill.cli.OPENMP_SPIN``). Returns whether it applied (libgomp only).
     """
     import ctypes
     import ctypes.util

@@ -64,7 +64,8 @@ class TextView:
     the tokens that are not all letters (``str.isalpha`` false) and ``odd_bare`` the same stripped (empty
     strings kept): only those can differ from their stripped form, so filters that need word lengths or
     spellings without punctuation look at them alone rather than strip every word. ``lines`` are the
-    non-empty lines, stripped; ``paragraphs`` are the blocks between blank lines, stripped.
+    non-empty lines, stripped; ``paragraphs`` are the blocks between blank lines, stripped. A filter that
+    has counted ``word_chars`` on its way may set it, so that the next filter does not count it again.
     """
 
     def __init__(self, text: str) -> None:
@@ -188,7 +189,10 @@ class SignalFilter(Filter):
         raise NotImplementedError
 
     def reject(self, doc: Document) -> str | None:
-        view = self.views.of(doc.text)
+        return self.verdict(doc, self.views.of(doc.text))
+
+    def verdict(self, doc: Document, view: TextView) -> str | None:
+        """:meth:`reject` for a caller that holds the document's view already."""
         if self.store_signals:  # every signal is measured: judge them once they are all in
             signals = dict(self.measure(view))
             doc.meta.setdefault("quality", {}).update(signals)
@@ -205,6 +209,10 @@ class SignalFilter(Filter):
         or None. Signals that are missing are not checked."""
         for name, limit in self.limits.items():
             value = signals.get(name)
-            if value is not None and limit.broken_by(value):
+            if value is None:
+                continue
+            # Limit.broken_by inlined: this runs for every signal of every document.
+            low, high = limit.low, limit.high
+            if (low is not None and value < low) or (high is not None and value > high):
                 return limit.reason
         return None

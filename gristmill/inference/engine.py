@@ -867,7 +867,7 @@ class Engine:
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:
         """Logits [..., V] of final hidden states [..., C]."""
-        logits = self.head(self.model.norm(x))
+        logits = self.head(_rms_norm(self.model.norm, x))
         cap = self.model.config.logit_softcap
         return cap * torch.tanh(logits / cap) if cap else logits
 
@@ -935,29 +935,66 @@ class Engine:
         return self._head(x[0, last])  # [P,V]
 
     def _forward_decode(self, tokens: list[int], positions: list[int]) -> torch.Tensor:
-        """One token per running sequence (sequence i in slot i, its token at positions[i]); logits [B,V]."""
+        """One token per running sequence (sequence i in slot i, its token at positions[i]); logits [B,V].
+
+        This runs once per generated token and, at one row, costs about as much in per-op dispatch as in
+        arithmetic, so it is written for few ops: the residual stream stays [B,C], the rotary factors are
+        broadcast once per step rather than per layer, norms call the kernel directly, and when every
+        sequence is at the same position (always so for one stream) the cache is written through a view
+        rather than advanced indexing. Every value goes through the same kernels and roundings as in the
+        plain form (module calls, ``apply_rotary``, indexed cache writes), so the logits are bit-identical."""
         m, B = self.model, len(tokens)
         L = max(positions) + 1
         m._rotary(0, L)  # grows the rotary tables if needed
-        pos = torch.tensor(positions, dtype=torch.long, device=self.device)
-        rows = torch.arange(B, device=self.device)
-        cos, sin = m.rope_cos[pos], m.rope_sin[pos]  # [B, D/2]: one position per sequence
-        mask = None  # sequences of one length attend over everything (and match the single-request path)
-        if min(positions) != L - 1:
+        same = min(positions) == L - 1
+        if same:  # one position for all: a slice of the tables, broadcast over the B rows
+            cos, sin = m.rope_cos[L - 1:L], m.rope_sin[L - 1:L]  # [1, D/2]
+            mask, pos, rows = None, None, None  # one length: attend over everything (the single-request path)
+        else:
+            pos = torch.tensor(positions, dtype=torch.long, device=self.device)
+            rows = torch.arange(B, device=self.device)
+            cos, sin = m.rope_cos[pos], m.rope_sin[pos]  # [B, D/2]: one position per sequence
             mask = (torch.arange(L, device=self.device)[None, :] <= pos[:, None]).view(B, 1, 1, L)
-        x = m.tok_emb(torch.tensor(tokens, dtype=torch.long, device=self.device)).view(B, 1, -1)  # [B,1,C]
+        # [B|1,1,D]: one factor for every head, over both halves; sin negated where the first half subtracts
+        cos, sin = torch.cat([cos, cos], -1)[:, None], torch.cat([-sin, sin], -1)[:, None]
+        x = m.tok_emb(torch.tensor(tokens, dtype=torch.long, device=self.device))  # [B,C]
         for i, layer in enumerate(self.blocks):
-            # the B sequences as B time steps of one row: apply_rotary takes one position per time step
-            q, k, v = self._attention_inputs(layer, x.view(1, B, -1), 1, B, cos, sin)  # [1,B,H|K,D]
-            kc, vc = self.cache.k[i], self.cache.v[i]
-            kc[rows, :, pos] = k[0]  # [B,K,D] at each sequence's own position
-            vc[rows, :, pos] = v[0]
-            y = F.scaled_dot_product_attention(
-                q.view(B, 1, layer.n_head, layer.hd).transpose(1, 2), kc[:B, :, :L], vc[:B, :, :L],
-                attn_mask=mask, enable_gqa=layer.n_kv != layer.n_head)  # [B,H,1,D]
-            x = x + layer.wo(y.transpose(1, 2).reshape(B, 1, layer.n_head * layer.hd))
-            x = x + layer.mlp(layer.mlp_norm(x))
-        return self._head(x[:, 0])  # [B,V]
+            H, K, D = layer.n_head, layer.n_kv, layer.hd
+            qkv = layer.qkv(_rms_norm(layer.attn_norm, x))  # [B,(H+2K)D]
+            v = qkv[:, (H + K) * D:].view(B, K, D)
+            if layer.q_norm is None:  # q and k rotated together: one rotation instead of two
+                qk = _rotate(qkv[:, :(H + K) * D].view(B, H + K, D), cos, sin)
+                q, k = qk[:, :H], qk[:, H:]  # [B,H,D], [B,K,D]
+            else:
+                q = _rotate(layer.q_norm(qkv[:, :H * D].view(B, H, D)), cos, sin)
+                k = _rotate(layer.k_norm(qkv[:, H * D:(H + K) * D].view(B, K, D)), cos, sin)
+            kc, vc = self.cache.k[i][:B, :, :L], self.cache.v[i][:B, :, :L]  # [B,K,L,D]
+            if same:
+                kc.select(2, L - 1).copy_(k)  # [B,K,D] at the shared position
+                vc.select(2, L - 1).copy_(v)
+            else:
+                kc[rows, :, pos] = k  # [B,K,D] at each sequence's own position
+                vc[rows, :, pos] = v
+            y = F.scaled_dot_product_attention(q.unsqueeze(2), kc, vc, attn_mask=mask,
+                                               enable_gqa=K != H)  # [B,H,1,D]
+            x = x + layer.wo(y.reshape(B, H * D))
+            x = x + layer.mlp(_rms_norm(layer.mlp_norm, x))
+        return self._head(x)  # [B,V]
+
+
+def _rms_norm(norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``norm(x)`` for a gristmill RMSNorm, calling the kernel directly (the module call costs as much as the
+    kernel at one row)."""
+    w = norm.weight if norm.weight.dtype == x.dtype else norm.weight.to(x.dtype)
+    return F.rms_norm(x, (x.size(-1),), w, norm.eps)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """``apply_rotary`` for x [B,N,D] in fewer ops; cos = [cos, cos] and sin = [-sin, sin], [B|1,1,D] float32.
+
+    The same bits: ``x1*cos + x2*(-sin)`` is ``x1*cos - x2*sin`` exactly, bf16 inputs widen exactly in the
+    float32 products, and swapping the halves (roll) replaces the chunk and concatenation."""
+    return (x * cos + x.roll(x.size(-1) // 2, -1) * sin).type_as(x)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -105,12 +105,11 @@ class PackedLinear:
             if x.numel() == x.size(-1):
                 return torch.mv(self.weight, x.reshape(-1)).view(*x.shape[:-1], -1)
             return F.linear(x, self.weight)
-        rows = x.reshape(-1, x.size(-1))  # the kernels take 2-D inputs only
+        if x.dim() != 2:  # the kernels take 2-D inputs only (decoding feeds them so: no reshape per call)
+            return self(x.reshape(-1, x.size(-1))).view(*x.shape[:-1], -1)
         if self.fmt == "int8":
-            y = torch.ops.aten._weight_int8pack_mm(rows, self.weight, self.scales)
-        else:
-            y = torch.ops.aten._weight_int4pack_mm_for_cpu(rows, self.weight, INT4_GROUP, self.scales)
-        return y.view(*x.shape[:-1], -1)
+            return torch.ops.aten._weight_int8pack_mm(x, self.weight, self.scales)
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.weight, INT4_GROUP, self.scales)
 
     def nbytes(self) -> int:
         """Bytes of the stored weight and scales (0 for fp32: those are the model's own)."""

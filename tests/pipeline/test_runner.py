@@ -147,3 +147,15 @@ def test_loading_a_recipe_does_not_import_torch() -> None:
     code = ("import sys; from gristmill.pipeline.recipe import load_recipe; load_recipe('default'); "
             "print('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+def test_commands_set_a_short_openmp_spin_before_torch_loads_unless_the_user_set_one(tmp_path: Path) -> None:
+    probe = ("import os, sys, runpy; sys.argv = ['gristmill', 'recipes']\n"
+             "try:\n    runpy.run_module('gristmill', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+             "import torch\nprint('SPIN', os.environ.get('GOMP_SPINCOUNT'), file=sys.stderr)")
+    env = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"}
+    p = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=60, env=env)
+    assert "SPIN 10000" in p.stderr, p.stderr[-2000:]
+    p = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                       env={**env, "GOMP_SPINCOUNT": "77"})
+    assert "SPIN 77" in p.stderr, p.stderr[-2000:]

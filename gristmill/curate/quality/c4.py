@@ -117,22 +117,24 @@ class C4Filter(SignalFilter):
                 return "policy"
         return None
 
-    def clean(self, text: str) -> tuple[str, Counter[str]]:
-        """The kept lines joined by newlines (blank lines go too), and the removed lines counted by reason."""
+    def clean(self, text: str, lower: str | None = None) -> tuple[str, Counter[str]]:
+        """The kept lines joined by newlines (blank lines go too), and the removed lines counted by reason.
+        ``lower``: ``text.lower()`` if the caller has it already."""
         kept: list[str] = []
         removed: Counter[str] = Counter()
         cfg = self.cfg
         # Notices are rare: look for them in the whole text once, and line by line only if it has one.
-        lower = text.lower() if cfg.javascript_lines or cfg.policy_lines else ""
+        if lower is None:
+            lower = text.lower() if cfg.javascript_lines or cfg.policy_lines else ""
         javascript = cfg.javascript_lines and "javascript" in lower
-        policy = cfg.policy_lines and _POLICY.search(lower) is not None
+        # A plain substring search per phrase: the same answer as _POLICY.search, several times faster on a
+        # whole text (the regex tries its alternatives at every position).
+        policy = cfg.policy_lines and any(phrase in lower for phrase in POLICY_PHRASES)
         citations = cfg.remove_citations and "[" in text
-        m, punct = cfg.min_words_per_line, cfg.terminal_punct
+        m, punct, longest = cfg.min_words_per_line, cfg.terminal_punct, cfg.max_word_length
         notices = javascript or policy
-        for raw in text.split("\n"):
-            line = raw.strip()
-            if not line:
-                continue
+        # Stripped and blank lines skipped in C (map, filter): no Python step for them.
+        for line in filter(None, map(str.strip, text.split("\n"))):
             if citations and "[" in line:
                 line = _CITATION.sub("", line).strip()
             # The common verdicts inline (no call per line), in line_reason's order; the rare checks
@@ -141,7 +143,7 @@ class C4Filter(SignalFilter):
                 removed["too_few_words"] += 1
             elif punct and not line.endswith(TERMINAL_PUNCT):
                 removed["no_terminal_punct"] += 1
-            elif len(line) > cfg.max_word_length or notices:
+            elif len(line) > longest or notices:
                 reason = self.line_reason(line, javascript, policy)
                 if reason is None:
                     kept.append(line)
@@ -154,8 +156,11 @@ class C4Filter(SignalFilter):
     def apply(self, text: str) -> str:
         return self.clean(text)[0]
 
-    def signals(self, text: str, cleaned: str, removed: Counter[str]) -> dict[str, float]:
-        lower = text.lower()
+    def signals(self, text: str, cleaned: str, removed: Counter[str], lower: str | None = None) -> dict[str, float]:
+        """The document's signals, from its text, its cleaned text and the lines removed; ``lower``:
+        ``text.lower()`` if the caller has it already."""
+        if lower is None:
+            lower = text.lower()
         return {
             "c4_lorem_ipsum": float("lorem ipsum" in lower),
             "c4_curly_bracket": float("{" in text),
@@ -166,19 +171,21 @@ class C4Filter(SignalFilter):
 
     def reject(self, doc: Document) -> str | None:
         """The reason C4 drops this document (judged on its cleaned text), or None; the text is left as it is."""
-        cleaned, removed = self.clean(doc.text)
-        return self._decide(doc, cleaned, removed)
+        lower = doc.text.lower()
+        cleaned, removed = self.clean(doc.text, lower)
+        return self._decide(doc, cleaned, removed, lower)
 
-    def _decide(self, doc: Document, cleaned: str, removed: Counter[str]) -> str | None:
-        signals = self.signals(doc.text, cleaned, removed)
+    def _decide(self, doc: Document, cleaned: str, removed: Counter[str], lower: str) -> str | None:
+        signals = self.signals(doc.text, cleaned, removed, lower)
         if self.store_signals:
             doc.meta.setdefault("quality", {}).update(signals)
         return self.judge(signals)
 
     def run(self, docs: Iterable[Document], stats: StepStats) -> Iterator[Document]:
         for doc in docs:
-            cleaned, removed = self.clean(doc.text)
-            reason = self._decide(doc, cleaned, removed)
+            lower = doc.text.lower()  # for the notices and for lorem ipsum: lower-cased once
+            cleaned, removed = self.clean(doc.text, lower)
+            reason = self._decide(doc, cleaned, removed, lower)
             if reason is not None:
                 stats.drop(doc, reason)
                 continue

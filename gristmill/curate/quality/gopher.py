@@ -166,7 +166,7 @@ class GopherQualityFilter(SignalFilter):
         bare_chars = view.word_chars - sum(map(len, odd)) + sum(map(len, odd_bare))
         yield "gopher_mean_word_length", fraction(bare_chars, n - odd_bare.count(""))
         yield "gopher_hash_ratio", fraction(text.count("#"), n)
-        yield "gopher_ellipsis_ratio", fraction(sum(text.count(e) for e in _ELLIPSES), n)
+        yield "gopher_ellipsis_ratio", fraction(text.count(_ELLIPSES[0]) + text.count(_ELLIPSES[1]), n)
         lines = view.lines
         yield "gopher_bullet_lines", fraction(sum(map(_OPENS_A_BULLET, lines)), len(lines))
         yield "gopher_ellipsis_lines", fraction(sum(map(_ENDS_IN_ELLIPSIS, lines)), len(lines))
@@ -288,6 +288,9 @@ class GopherRepetitionFilter(SignalFilter):
         for n in self.dup_ns:
             self.limits[f"gopher_dup_{n}gram_chars"] = Limit(f"dup_{n}gram_chars",
                                                              high=cfg.max_dup_ngram_chars[n])
+        # (signal name, key in batch_ngram_signals' values), in checking order: named once, not per document.
+        self._gram_names = [(f"gopher_top_{n}gram_chars", f"top_{n}") for n in self.top_ns] + [
+            (f"gopher_dup_{n}gram_chars", f"dup_{n}") for n in self.dup_ns]
 
     batch_size = 256
     """Documents whose word n-grams are measured together (:func:`batch_ngram_signals`): array work per
@@ -310,11 +313,15 @@ class GopherRepetitionFilter(SignalFilter):
         if not batch:
             return
         views = [self.views.of(doc.text) for doc in batch]
-        grams = batch_ngram_signals([v.words for v in views], self.top_ns, self.dup_ns)
-        for doc, values in zip(batch, grams, strict=True):
+        word_chars: list[int] = []
+        grams = batch_ngram_signals([v.words for v in views], self.top_ns, self.dup_ns, word_chars)
+        if word_chars:  # counted with the n-grams: Gopher's quality rules need them next
+            for view, chars in zip(views, word_chars, strict=True):
+                view.word_chars = chars
+        for doc, view, values in zip(batch, views, grams, strict=True):
             self._grams = values
             try:
-                reason = self.reject(doc)
+                reason = self.verdict(doc, view)
             finally:
                 self._grams = None
             if reason is None:
@@ -333,10 +340,9 @@ class GopherRepetitionFilter(SignalFilter):
         yield "gopher_dup_line_chars", fraction(dup_line_chars, sum(map(len, lines)))
         yield "gopher_dup_para_chars", fraction(dup_para_chars, sum(map(len, paragraphs)))
         if self._grams is not None:  # measured with the rest of its batch
-            for n in self.top_ns:
-                yield f"gopher_top_{n}gram_chars", self._grams[f"top_{n}"]
-            for n in self.dup_ns:
-                yield f"gopher_dup_{n}gram_chars", self._grams[f"dup_{n}"]
+            grams = self._grams
+            for name, key in self._gram_names:
+                yield name, grams[key]
             return
         grams = WordNGrams(view.words)
         for n in self.top_ns:
@@ -348,10 +354,11 @@ class GopherRepetitionFilter(SignalFilter):
 _DOC_MIX = 0xD6E8FEB86659FD93  # odd: spreads the document number over a key's 64 bits
 
 
-def batch_ngram_signals(word_lists: list[list[str]], top_ns: Iterable[int],
-                        dup_ns: Iterable[int]) -> list[dict[str, float]]:
+def batch_ngram_signals(word_lists: list[list[str]], top_ns: Iterable[int], dup_ns: Iterable[int],
+                        word_chars: list[int] | None = None) -> list[dict[str, float]]:
     """:meth:`WordNGrams.top_chars` and :meth:`WordNGrams.dup_chars` for many texts at once, the same
-    values (``{"top_2": ..., "dup_5": ...}`` per text).
+    values (``{"top_2": ..., "dup_5": ...}`` per text). ``word_chars``, if given, is filled with each
+    text's characters in words (:attr:`TextView.word_chars`), counted here anyway, when any n is asked for.
 
     The texts' words are laid end to end; an n-gram is kept where it ends inside its own text, and its
     key mixes its hash with its text's number, so one sort finds the repeats of every text. A repeated
@@ -371,24 +378,28 @@ def batch_ngram_signals(word_lists: list[list[str]], top_ns: Iterable[int],
     ids = np.fromiter(map(hash, chain.from_iterable(word_lists)), dtype=np.int64, count=n_words).view(np.uint64)
     lengths = np.fromiter(map(len, chain.from_iterable(word_lists)), dtype=np.int64, count=n_words)
     doc_of = np.repeat(np.arange(b, dtype=np.int64), counts)
-    total = np.bincount(doc_of, weights=lengths, minlength=b)  # exact: sums of small integers
     chars_before = np.zeros(n_words + 1, dtype=np.int64)
     np.cumsum(lengths, out=chars_before[1:])
+    total = np.diff(chars_before[np.concatenate(([0], ends))])  # each text's word characters
+    if word_chars is not None:
+        word_chars.extend(total.tolist())
     has_chars = total > 0
+    doc_mix = doc_of.astype(np.uint64) * np.uint64(_DOC_MIX)
     pos = np.arange(n_words, dtype=np.int64)
-    h = ids.copy()
+    room = np.repeat(ends, counts) - pos  # words from each position to the end of its text
+    h = ids
     base = np.uint64(WordNGrams._BASE)
     last = max(tops | dups)
     for n in range(1, last + 1):
         if n > 1:
-            inside = pos + (n - 1) < ends[doc_of[pos]]  # the n-gram ends inside its own text
-            pos, h = pos[inside], h[inside]
+            inside = room >= n  # the n-gram ends inside its own text
+            pos, h, room = pos[inside], h[inside], room[inside]
             h = h * base + ids[pos + (n - 1)]
         if n not in tops and n not in dups:
             continue
         if len(pos) < 2:
             break
-        key = h ^ (doc_of[pos].astype(np.uint64) * np.uint64(_DOC_MIX))
+        key = h ^ doc_mix[pos]
         order = np.argsort(key)
         sorted_key, sorted_pos = key[order], pos[order]
         opens = np.empty(len(sorted_key), dtype=bool)
@@ -401,7 +412,6 @@ def batch_ngram_signals(word_lists: list[list[str]], top_ns: Iterable[int],
         repeated_runs = sizes >= 2
         if not repeated_runs.any():
             break  # no text repeats an n-gram, so none repeats a longer one: every later value stays 0
-        run_of = np.cumsum(opens) - 1
         if n in tops:
             first = sorted_pos[starts[repeated_runs]]  # any member: equal n-grams have equal characters
             size = sizes[repeated_runs]
@@ -416,14 +426,24 @@ def batch_ngram_signals(word_lists: list[list[str]], top_ns: Iterable[int],
             for i in np.flatnonzero(top >= 2).tolist():
                 out[i][f"top_{n}"] = float(value[i])
         if n in dups:
+            run_of = np.cumsum(opens) - 1
             first_pos = np.minimum.reduceat(sorted_pos, starts)  # each run's first occurrence
-            repeats = sorted_pos[sorted_pos != first_pos[run_of]]
-            depth = np.cumsum(np.bincount(repeats, minlength=n_words + 1)
-                              - np.bincount(repeats + n, minlength=n_words + 1))
-            covered = depth[:n_words] > 0
-            dup = np.bincount(doc_of[covered], weights=lengths[covered], minlength=b)
+            repeats = np.sort(sorted_pos[sorted_pos != first_pos[run_of]])
+            # The words covered by repeats: each repeat covers [start, start + n), less what the repeat
+            # before it in the text already covers (all have n words, so that one reaches furthest). A
+            # repeat never reaches into the next text, so texts do not overlap. Work on the repeats alone,
+            # not on an array over all the words per n.
+            stops = repeats + n
+            fresh = repeats.copy()
+            np.maximum(fresh[1:], stops[:-1], out=fresh[1:])
+            covered = chars_before[stops] - chars_before[np.minimum(fresh, stops)]
+            dup = np.bincount(doc_of[repeats], weights=covered, minlength=b)
             for i in np.flatnonzero(dup).tolist():
                 out[i][f"dup_{n}"] = float(dup[i] / total[i])
-        member = repeated_runs[run_of]  # only members of repeated groups can repeat a longer n-gram
-        pos, h = sorted_pos[member], h[order][member]
+        # Only members of repeated groups can repeat a longer n-gram: those that do not open a run, and
+        # those whose run goes on after them.
+        member = ~opens
+        member[:-1] |= member[1:]
+        keep = order[member]
+        pos, h, room = pos[keep], h[keep], room[keep]
     return out
