@@ -45,7 +45,7 @@ def endless_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
 @pytest.fixture(scope="session")
 def one_slot(endless_dir: Path) -> Iterator[tuple[str, object]]:
     """(url, app) of an open server with one sequence slot and room for one waiting request."""
-    cfg = ServeConfig(device="cpu", max_batch=1, max_queue=1, api_key_env="GRISTMILL_TEST_UNSET_KEY")
+    cfg = ServeConfig(device="cpu", max_batch=1, max_queue=1, api_key_env="GRISTMILL_TEST_UNSET_KEY", weights="fp32")
     app = create_app(endless_dir, cfg)
     with Server(app) as url:
         yield url, app

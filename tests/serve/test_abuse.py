@@ -34,7 +34,7 @@ from pathlib import Path
 from gristmill.serve.app import create_app
 from gristmill.serve.config import ServeConfig
 torch.set_num_threads(1)
-cfg = ServeConfig(device="cpu", max_batch=8, max_queue=8, api_key_env="GRISTMILL_TEST_UNSET_KEY")
+cfg = ServeConfig(device="cpu", max_batch=8, max_queue=8, api_key_env="GRISTMILL_TEST_UNSET_KEY", weights="fp32")
 uvicorn.run(create_app(Path(sys.argv[1]), cfg), host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")
 """
 
