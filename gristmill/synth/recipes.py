@@ -158,12 +158,20 @@ def _ask(session: TeacherSession, prompts: list[str], purpose: str, line: bool =
     return (session.lines if line else session.chat)([_user(p) for p in prompts], purpose)
 
 
-def grounded_pairs(gen: Any, n: int, docs: Sequence[Document], rng: random.Random, session: TeacherSession,
-                   title: Callable[[Document], str | None]) -> Made:
-    """``teacher_qa`` / ``teacher_instruct``: the teacher asks about a passage, then answers from it."""
+def _planned(gen: Any, n: int, docs: Sequence[Document], rng: random.Random,
+             title: Callable[[Document], str | None]) -> tuple[Made, list[Passage]]:
+    """A generator's record of ``n`` planned drafts and the passages picked for them (those the documents
+    could not give counted as ``no_passage``)."""
     made = Made(planned=n)
     passages = pick_passages(docs, n, gen, rng, title)
     made.dropped["no_passage"] += n - len(passages)
+    return made, passages
+
+
+def grounded_pairs(gen: Any, n: int, docs: Sequence[Document], rng: random.Random, session: TeacherSession,
+                   title: Callable[[Document], str | None]) -> Made:
+    """``teacher_qa`` / ``teacher_instruct``: the teacher asks about a passage, then answers from it."""
+    made, passages = _planned(gen, n, docs, rng, title)
     listed = getattr(gen, "instructions", None)
     if listed:
         items = [(p, rng.choice(listed)) for p in passages]
@@ -249,9 +257,7 @@ def self_instruct(gen: Any, n: int, docs: Sequence[Document], rng: random.Random
 def evol_instruct(gen: Any, n: int, docs: Sequence[Document], rng: random.Random, session: TeacherSession,
                   title: Callable[[Document], str | None]) -> Made:
     """Evolving instructions: an instruction about a passage, deepened or widened ``rounds`` times, answered."""
-    made = Made(planned=n)
-    passages = pick_passages(docs, n, gen, rng, title)
-    made.dropped["no_passage"] += n - len(passages)
+    made, passages = _planned(gen, n, docs, rng, title)
     items = _keep_lines(passages, _ask(session, [gen.ask_template.format(**p.fields()) for p in passages],
                                        "evol_instruct:ask", line=True), made)
     evolved: Counter = Counter()
@@ -279,9 +285,7 @@ def evol_instruct(gen: Any, n: int, docs: Sequence[Document], rng: random.Random
 def paraphrase(gen: Any, n: int, docs: Sequence[Document], rng: random.Random, session: TeacherSession,
                title: Callable[[Document], str | None]) -> Made:
     """Paraphrases of passages as new documents (``meta.paraphrase_of`` names the source)."""
-    made = Made(planned=n)
-    passages = pick_passages(docs, n, gen, rng, title)
-    made.dropped["no_passage"] += n - len(passages)
+    made, passages = _planned(gen, n, docs, rng, title)
     replies = _ask(session, [gen.template.format(**p.fields()) for p in passages], "paraphrase")
     for p, r in zip(passages, replies, strict=True):
         if r is None:
@@ -306,9 +310,7 @@ def multi_turn(gen: Any, n: int, docs: Sequence[Document], rng: random.Random, s
                title: Callable[[Document], str | None]) -> Made:
     """Conversations of ``turns`` questions and answers about a passage; the teacher answers inside the
     conversation itself, so later answers see the earlier turns."""
-    made = Made(planned=n)
-    passages = pick_passages(docs, n, gen, rng, title)
-    made.dropped["no_passage"] += n - len(passages)
+    made, passages = _planned(gen, n, docs, rng, title)
     items = _keep_lines(passages, _ask(session, [gen.ask_template.format(**p.fields()) for p in passages],
                                        "multi_turn:ask", line=True), made)
     # per item: what the teacher sees (first turn with answer_template) and what is kept (user_template)

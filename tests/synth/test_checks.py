@@ -170,8 +170,13 @@ def synth(run_dir: Path, **cfg) -> dict:
     contact = Document(id="wiki-1", text=CONTACT, source="wikipedia",
                        provenance=Provenance(uri="enwiki.xml.bz2", reader="mediawiki", title="Contact Office",
                                              record="1"))
+    return synth_on(run_dir, [play("coriolanus_gut.txt", 0), play("hamlet_gut.txt", 1), contact], **cfg)
+
+
+def synth_on(run_dir: Path, train: list[Document], **cfg) -> dict:
+    """The synth stage on ``train`` documents (and Macbeth as the val split) with config ``cfg``."""
     d = run_dir / "prepare"
-    write_jsonl(d / "train.jsonl", [play("coriolanus_gut.txt", 0), play("hamlet_gut.txt", 1), contact])
+    write_jsonl(d / "train.jsonl", train)
     write_jsonl(d / "val.jsonl", [play("macbeth_gut.txt", 2)])
     write_json(d / "manifest.json", {"stage": "prepare"})
     ctx = StageContext(run_dir=run_dir, stage="synth", seed=1)
@@ -214,13 +219,7 @@ def test_stage_decontamination_rejects_a_train_copy_of_val_text(tmp_path: Path) 
     # a train "play" that is a copy of the val play: every draft of it shares 13-grams with validation text
     copy = Document(id="copy", text=macbeth, source="shakespeare",
                     provenance=Provenance(uri="copy.txt", reader="files", title="copy"))
-    d = tmp_path / "prepare"
-    write_jsonl(d / "train.jsonl", [copy, play("hamlet_gut.txt", 1)])
-    write_jsonl(d / "val.jsonl", [play("macbeth_gut.txt", 2)])
-    write_json(d / "manifest.json", {"stage": "prepare"})
-    ctx = StageContext(run_dir=tmp_path, stage="synth", seed=1)
-    ctx.out_dir.mkdir(parents=True, exist_ok=True)
-    stats = run_synth(ctx, SynthConfig())
+    stats = synth_on(tmp_path, [copy, play("hamlet_gut.txt", 1)])
     rejected = [json.loads(x) for x in (tmp_path / "synth/rejected.jsonl").read_text("utf-8").splitlines()]
     train = [json.loads(x) for x in (tmp_path / "synth/train.jsonl").read_text("utf-8").splitlines()]
     contaminated = [r for r in rejected if r["reason"] == "contaminated"]
@@ -249,14 +248,8 @@ def test_stage_rejects_drafts_near_seed_tasks_from_seed_files(tmp_path: Path) ->
     seeds = tmp_path / "seeds.jsonl"
     write_jsonl(seeds, [{"instruction": "Define albedo.", "output": lead},
                         {"instruction": "Name a play by Shakespeare.", "output": "Hamlet."}])
-    d = tmp_path / "prepare"
-    write_jsonl(d / "train.jsonl", [albedo, play("hamlet_gut.txt", 1)])
-    write_jsonl(d / "val.jsonl", [play("macbeth_gut.txt", 2)])
-    write_json(d / "manifest.json", {"stage": "prepare"})
-    ctx = StageContext(run_dir=tmp_path, stage="synth", seed=1)
-    ctx.out_dir.mkdir(parents=True, exist_ok=True)
-    stats = run_synth(ctx, SynthConfig.model_validate(
-        {"filters": {"near_duplicates": {"seed_files": [str(seeds)]}}}))
+    stats = synth_on(tmp_path, [albedo, play("hamlet_gut.txt", 1)],
+                     filters={"near_duplicates": {"seed_files": [str(seeds)]}})
     assert stats["train"]["rejected_by_reason"] == {"near_duplicate_seed": 1}
     (r,) = [json.loads(x) for x in (tmp_path / "synth/rejected.jsonl").read_text("utf-8").splitlines()]
     assert r["task"] == "qa" and r["source_ids"] == ["wiki-2"] and r["detail"].endswith("to seed:0")
