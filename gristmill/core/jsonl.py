@@ -14,6 +14,8 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import IO, Any
 
+import orjson
+
 from gristmill.core.workspace import atomic_open
 from gristmill.errors import InputError
 
@@ -25,6 +27,15 @@ def dumps(record: Any) -> str:
     if is_dataclass(record) and not isinstance(record, type):
         record = asdict(record)
     return json.dumps(record, ensure_ascii=False, sort_keys=True)
+
+
+def loads(text: str | bytes) -> Any:
+    """Parse JSON with orjson (several times faster than ``json``), falling back to ``json`` for what only
+    it accepts (NaN and Infinity, lone surrogates) and for its error messages."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
 
 
 def read_jsonl(path: Path, *, strict: bool = True, hint: str = "") -> Iterator[tuple[int, Any]]:
@@ -46,7 +57,7 @@ def read_jsonl(path: Path, *, strict: bool = True, hint: str = "") -> Iterator[t
             if not line.strip():
                 continue
             try:
-                yield lineno, json.loads(line)
+                yield lineno, loads(line)
             except ValueError as e:
                 if strict:
                     raise InputError(f"{path}:{lineno} is not valid JSON ({e})"

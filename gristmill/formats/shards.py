@@ -28,6 +28,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
+
+from gristmill.core.jsonl import loads
 from gristmill.core.workspace import read_json, write_json
 from gristmill.errors import InputError
 
@@ -144,13 +147,19 @@ def count_rows(paths: list[Path]) -> int:
 def meta_from_column(value: str | None) -> dict[str, Any]:
     if not value:
         return {}
-    meta = json.loads(value)
+    meta = loads(value)
     return meta if isinstance(meta, dict) else {}
 
 
-_META_ENCODER = json.JSONEncoder(ensure_ascii=False, sort_keys=True, default=str)
-"""One encoder for every row (``json.dumps`` with options builds a new one per call)."""
+_META_OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
 
 
 def meta_to_column(meta: dict[str, Any]) -> str | None:
-    return _META_ENCODER.encode(meta) if meta else None
+    """A document's annotations as compact JSON with sorted keys (values JSON cannot hold written with
+    ``str``; NaN as null)."""
+    if not meta:
+        return None
+    try:
+        return orjson.dumps(meta, option=_META_OPTIONS, default=str).decode()
+    except TypeError:  # an integer beyond 64 bits: the standard encoder writes it
+        return json.dumps(meta, ensure_ascii=False, sort_keys=True, default=str)

@@ -9,10 +9,10 @@ string, is quarantined with its line (JSONL, CSV) or row number (Parquet, 0-base
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from gristmill.core.jsonl import loads
 from gristmill.data.config import TableFields
 from gristmill.data.readers.files import (
     MAX_QUARANTINED_TEXT,
@@ -75,7 +75,7 @@ def read_jsonl(ctx: FileRecords, source: Any, compression: str | None) -> Iterat
                 if not line.strip():
                     continue
                 try:
-                    obj = json.loads(line)
+                    obj = loads(line)
                 except ValueError as e:
                     ctx.drop(record, "invalid_json", f"line {lineno} is not valid JSON ({e})", line)
                     continue
