@@ -7,7 +7,9 @@ transformers and llama.cpp on the same weights (issue #14).
 For each Gristmill weight format (fp32, bf16, int8, int4, and what ``auto`` picks; see
 gristmill/inference/quant.py):
 
-* single-stream decode tok/s through the engine (greedy, ``--tokens`` new tokens after a chat prompt),
+* single-stream decode tok/s through the engine (greedy, ``--tokens`` new tokens after a chat prompt), and
+  for the formats in ``--compiled`` (default: what ``auto`` picks) also with the compiled decode step
+  (``EngineConfig.compile``; its start-up time, compilation included, is printed),
 * aggregate decode tok/s of ``--batch`` different chat prompts decoded together,
 * perplexity on a fixed Macbeth passage (``--ppl-tokens`` tokens, one window), and its % above fp32's.
 
@@ -26,6 +28,7 @@ import json
 import platform
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from _smol import QUESTIONS, decode_rate, gguf_path, smol_model_dir, uptime, validation_text
@@ -71,6 +74,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=16, help="streams decoded together for the aggregate rate")
     ap.add_argument("--formats", default="fp32,bf16,int8,int4,auto", help="Gristmill weight formats, comma-separated")
+    ap.add_argument("--compiled", default="auto",
+                    help="formats whose single stream is also timed with the compiled decode step (EngineConfig."
+                         "compile), comma-separated; empty for none")
     ap.add_argument("--ppl-tokens", type=int, default=1024, help="tokens of the validation passage")
     ap.add_argument("--skip-peers", action="store_true", help="measure Gristmill only")
     ap.add_argument("--llama-python", help="the Python that has llama_cpp (default: serve_load.py's peers "
@@ -118,6 +124,17 @@ def main() -> None:
             rows[f"gristmill engine ({fmt})"] = (single, decode_rate(batch, args.tokens, args.batch))
             print(f"  gristmill {fmt}: batch {args.batch} {rows[f'gristmill engine ({fmt})'][1]:.1f} tok/s, "
                   f"perplexity {ppl[fmt]:.3f}", flush=True)
+        if fmt.split("=")[-1] in args.compiled.split(",") or fmt.startswith("auto") and "auto" in args.compiled:
+            name = fmt.split("=")[-1]
+            with Engine(model, tok, EngineConfig(max_batch=args.batch, max_queue=args.batch, weights=name,
+                                                 compile=True)) as engine:
+                t = time.perf_counter()
+                engine.start()
+                started = time.perf_counter() - t
+                single = decode_rate(lambda n: engine.submit(ids, params(n)).result(), args.tokens)
+            rows[f"gristmill engine ({name}, compiled)"] = (single, "(eager)")
+            print(f"  gristmill {name} compiled: single stream {single:.1f} tok/s (start-up with compilation "
+                  f"{started:.0f} s)", flush=True)
 
     if not args.skip_peers:
         try:

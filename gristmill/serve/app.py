@@ -315,7 +315,7 @@ def create_app(model_dir: Path, cfg: ServeConfig | None = None, model_name: str 
     model, tokenizer = load_for_inference(model_dir, resolve_device(cfg.device), merge=cfg.merge_adapter)
     engine = Engine(model, tokenizer, EngineConfig(max_batch=cfg.max_batch, max_queue=cfg.max_queue,
                                                    prefill_chunk=cfg.prefill_chunk, max_seq_len=cfg.max_seq_len,
-                                                   weights=cfg.weights))
+                                                   weights=cfg.weights, compile=cfg.compile))
     metrics = Metrics(engine)
     name = model_name or default_model_name(model_dir)
     api_key = read_api_key(cfg, api_key)
@@ -578,6 +578,11 @@ def serve(run_or_model_dir: Path, cfg: ServeConfig | None = None, api_key: str |
     model_dir = resolve_model_dir(Path(run_or_model_dir), cfg.model)
     key = read_api_key(cfg, api_key)
     app = create_app(model_dir, cfg, api_key=key)
+    engine = app.state.engine
+    if engine.compiles:
+        print("compiling the decode step (half a minute the first time) ...", flush=True)
+    engine.start()
+    print(f"weights {engine.weights}{', compiled decode step' if engine.compiles else ''}", flush=True)
     print(f"serving {model_dir} as '{app.state.model_name}' on http://{cfg.host}:{cfg.port}/ "
           f"(chat page at /, OpenAI API at /v1{', API key required' if key else ''})", flush=True)
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="info")

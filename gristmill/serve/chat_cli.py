@@ -67,11 +67,12 @@ def _read(prompt: str, stdin: TextIO, stdout: TextIO) -> str | None:
 
 def chat(run_or_model_dir: Path, device: str = "auto", system: str | None = None, *, model: str = "auto",
          max_tokens: int = 256, temperature: float = 0.7, top_p: float | None = 0.95, seed: int | None = None,
-         weights: str = "auto", stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
+         weights: str = "auto", compile: bool = False, stdin: TextIO | None = None,
+         stdout: TextIO | None = None) -> int:
     """Talk with the model of a run (or a model directory) until /exit or end of input; returns 0.
 
-    ``max_tokens`` caps each answer; ``temperature``, ``top_p`` and ``seed`` are the sampler's; ``weights`` the
-    engine's weight format (:class:`~gristmill.inference.engine.EngineConfig`).
+    ``max_tokens`` caps each answer; ``temperature``, ``top_p`` and ``seed`` are the sampler's; ``weights`` and
+    ``compile`` the engine's weight format and compiled decode step (:class:`~gristmill.inference.engine.EngineConfig`).
     """
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     model_dir = resolve_model_dir(Path(run_or_model_dir), model)
@@ -82,7 +83,7 @@ def chat(run_or_model_dir: Path, device: str = "auto", system: str | None = None
     gpt, tokenizer = load_for_inference(model_dir, resolve_device(device))
     base: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
     history = list(base)
-    with Engine(gpt, tokenizer, EngineConfig(max_batch=1, max_queue=1, weights=weights)) as engine:
+    with Engine(gpt, tokenizer, EngineConfig(max_batch=1, max_queue=1, weights=weights, compile=compile)) as engine:
         context = engine.context_length
         answer_room = min(max_tokens, context // 2)  # always leave half the window (at most) for the answer
         stdout.write(f"chatting with {model_dir} (context {context} tokens); {HELP}\n")
@@ -147,10 +148,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--weights", choices=("auto", "fp32", "bf16", "int8", "int4"), default="auto",
                    help="weight format (default auto: the fastest whose perplexity is within 1%% of fp32's; "
                         "int8 and int4 run on the CPU only)")
+    p.add_argument("--compile", action="store_true",
+                   help="decode through torch.compile (faster per token; compiles at start-up)")
     args = p.parse_args(argv)
     try:
         return chat(Path(args.path), args.device, args.system, model=args.model, max_tokens=args.max_tokens,
-                    temperature=args.temperature, top_p=args.top_p, seed=args.seed, weights=args.weights)
+                    temperature=args.temperature, top_p=args.top_p, seed=args.seed, weights=args.weights,
+                    compile=args.compile)
     except GristmillError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -11,7 +11,7 @@ import torch
 from support import tiny_text
 
 from gristmill.errors import ConfigError, InputError
-from gristmill.inference.engine import Engine, EngineConfig, resolve_weights
+from gristmill.inference.engine import Engine, EngineConfig, GenerationParams, resolve_weights
 from gristmill.inference.quant import (
     INT4_GROUP,
     PackedBlock,
@@ -214,3 +214,26 @@ def test_smollm2_formats_keep_perplexity() -> None:
     assert abs(ppl["bf16"] / ppl["fp32"] - 1) < 0.01, ppl
     assert abs(ppl["int8"] / ppl["fp32"] - 1) < 0.025, ppl
     assert abs(ppl["int4"] / ppl["fp32"] - 1) < 0.01, ppl
+
+
+@pytest.mark.slow
+def test_compiled_decode_step_follows_the_eager_one(loaded) -> None:
+    """``compile``: single streams (a one-token prompt included, whose first steps are too short for the
+    compiled step) decode through the compiled step with the eager step's tokens and log-probabilities up
+    to bf16 rounding; batches still decode (eagerly) in the same engine; fp32 cannot be compiled."""
+    model, tok = loaded
+    params = GenerationParams(SamplingParams(max_new_tokens=10, temperature=0), logprobs=True)
+    prompts = [tok.encode(p).ids for p in ("HAMLET.\nTo be", "Enter GHOST.\n", "x")]
+    with Engine(model, tok, EngineConfig(weights="bf16")) as eager, \
+            Engine(model, tok, EngineConfig(weights="bf16", compile=True)) as compiled:
+        compiled.start()
+        assert compiled.compiles and not eager.compiles
+        for ids in prompts:
+            want, got = eager.submit(ids, params).result()[0], compiled.submit(ids, params).result()[0]
+            assert got.token_ids[:6] == want.token_ids[:6], (want.text, got.text)
+            for w, g in zip(want.logprobs[:6], got.logprobs[:6], strict=True):
+                assert abs(w.logprob - g.logprob) < 0.05, (w, g)
+        together = [h.result()[0] for h in compiled.submit_many(prompts, params)]
+        assert [c.completion_tokens for c in together] == [10, 10, 10]
+    with pytest.raises(ValueError, match="compile needs weights"):
+        Engine(model, tok, EngineConfig(weights="fp32", compile=True))
