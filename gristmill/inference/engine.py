@@ -485,8 +485,8 @@ class Engine:
         norms as (weight, eps), detached, so that a compiled step has no parameter to track."""
         self._final_norm = _norm_of(model.norm)
         if self.config.compile and self.config.weights == "fp32":
-            raise ValueError("compile needs weights bf16, int8 or int4 (fp32 decodes through the model's own "
-                             "modules); set weights, or leave compile off")
+            raise ConfigError("compile needs weights bf16, int8 or int4 (fp32 decodes through the model's own "
+                              "modules); set weights, or leave compile off")
         self.compiles = self.config.compile and self.weights != "fp32"
         """Whether single streams decode through the compiled step (``compile``, unless ``auto`` weights
         came out fp32)."""

@@ -235,5 +235,5 @@ def test_compiled_decode_step_follows_the_eager_one(loaded) -> None:
                 assert abs(w.logprob - g.logprob) < 0.05, (w, g)
         together = [h.result()[0] for h in compiled.submit_many(prompts, params)]
         assert [c.completion_tokens for c in together] == [10, 10, 10]
-    with pytest.raises(ValueError, match="compile needs weights"):
+    with pytest.raises(ConfigError, match="compile needs weights"):
         Engine(model, tok, EngineConfig(weights="fp32", compile=True))

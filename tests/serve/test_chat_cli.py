@@ -46,6 +46,24 @@ def test_piped_conversation_keeps_history_and_resets(tiny_model_dir: Path, loade
     assert "unknown command /bogus" in out and "(new conversation)" in out and out.startswith("chatting with")
 
 
+@pytest.mark.slow
+def test_compiled_decode_from_the_command_line(tiny_model_dir: Path):
+    """``--compile`` answers as the eager engine does in the same weight format; with fp32 weights it is a
+    one-line error."""
+    answers = []
+    for flags in ((), ("--compile",)):
+        proc = chat_process(tiny_model_dir, "--temperature", "0", "--max-tokens", "6", "--weights", "bf16", *flags)
+        out, err = proc.communicate("Who is Hamlet?\n", timeout=300)
+        assert proc.returncode == 0, err
+        answers.append(out.split("assistant> ")[1].split("\nyou> ")[0])
+    assert answers[0] == answers[1] and answers[0].strip()
+    proc = chat_process(tiny_model_dir, "--weights", "fp32", "--compile")
+    out, err = proc.communicate("", timeout=120)
+    assert proc.returncode == 2 and err.strip().splitlines() == [
+        "error: compile needs weights bf16, int8 or int4 (fp32 decodes through the model's own modules); set "
+        "weights, or leave compile off"]
+
+
 def test_ctrl_c_stops_the_answer_and_the_session_goes_on(endless_dir: Path):
     # fp32: the endless model never picks a stop token only with its own weights (a quantised head may)
     proc = chat_process(endless_dir, "--temperature", "0", "--max-tokens", "4000", "--weights", "fp32")
