@@ -91,7 +91,7 @@ class EngineConfig:
     cache in bf16."""
     compile: bool = False
     """Decode single streams through ``torch.compile`` (weights bf16, int8 or int4): a step's small ops fused
-    into a few kernels, about a quarter less time per token on a CPU (benchmarks/decode_speed.py), for a
+    into a few kernels, 15-18% more tokens per second on a CPU (benchmarks/decode_speed.py), for a
     compilation when the engine starts (half a minute on 2 CPU cores; less once torch's compile cache on
     disk holds it). Batches of several sequences decode eagerly either way, and the tokens a compiled step
     picks can differ from the eager step's where two candidates are within bf16 rounding."""
