@@ -518,12 +518,12 @@ class Engine:
     def start(self) -> None:
         """Start the step thread (submit does it on first use); with ``compile``, compile the decode step
         first."""
-        if self.compiles and self._compiled is None:
-            self._compile()
-        with self._cv:
+        with self._cv:  # held while compiling too: a second caller waits for the first
             if self._closed:
                 raise EngineClosedError("the engine is closed; create a new one")
             if self._thread is None:
+                if self.compiles:
+                    self._compile()
                 # the model was loaded (and packed) on this thread: its idle OpenMP workers would make
                 # libgomp stop spinning once the step thread has its own (see release_openmp_threads)
                 release_openmp_threads()
@@ -535,9 +535,16 @@ class Engine:
         marked dynamic, so one graph serves every length and cache capacity; slot 0's first positions get
         throwaway values that a prefill overwrites before anything reads them."""
         self._compiled = torch.compile(self._decode_graph, fullgraph=True)
-        with torch.inference_mode():
-            self.cache.ensure(_COMPILED_FROM, 0)
-            self._forward_decode([0], [_COMPILED_FROM - 1], warm_up=True)
+        try:
+            with torch.inference_mode():
+                self.cache.ensure(_COMPILED_FROM, 0)
+                self._forward_decode([0], [_COMPILED_FROM - 1], warm_up=True)
+        except Exception as e:  # no C++ compiler, an unsupported device or model: say so in one line
+            self._compiled = None
+            first = (str(e).strip().splitlines() or [""])[0][:300]
+            raise ConfigError(f"compiling the decode step failed ({type(e).__name__}: {first}); torch.compile "
+                              f"needs a working C++ compiler on a CPU (apt-get install g++); or leave compile "
+                              f"off") from e
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop the step loop; requests still waiting or running end with :class:`EngineClosedError`."""

@@ -84,6 +84,7 @@ def chat(run_or_model_dir: Path, device: str = "auto", system: str | None = None
     base: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
     history = list(base)
     with Engine(gpt, tokenizer, EngineConfig(max_batch=1, max_queue=1, weights=weights, compile=compile)) as engine:
+        engine.start()  # compiles the decode step now (with compile), not inside the first answer
         context = engine.context_length
         answer_room = min(max_tokens, context // 2)  # always leave half the window (at most) for the answer
         stdout.write(f"chatting with {model_dir} (context {context} tokens); {HELP}\n")

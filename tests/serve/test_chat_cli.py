@@ -21,11 +21,11 @@ from gristmill.serve.chat_cli import fit_history
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def chat_process(model_dir: Path, *args: str) -> subprocess.Popen:
+def chat_process(model_dir: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     code = "import sys; from gristmill.serve.chat_cli import main; sys.exit(main(sys.argv[1:]))"
     return subprocess.Popen([sys.executable, "-c", code, str(model_dir), "--device", "cpu", *args],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
 
 
 def test_piped_conversation_keeps_history_and_resets(tiny_model_dir: Path, loaded):
@@ -47,9 +47,9 @@ def test_piped_conversation_keeps_history_and_resets(tiny_model_dir: Path, loade
 
 
 @pytest.mark.slow
-def test_compiled_decode_from_the_command_line(tiny_model_dir: Path):
-    """``--compile`` answers as the eager engine does in the same weight format; with fp32 weights it is a
-    one-line error."""
+def test_compiled_decode_from_the_command_line(tiny_model_dir: Path, tmp_path: Path):
+    """``--compile`` answers as the eager engine does in the same weight format; with fp32 weights, or
+    without a C++ compiler, it is a one-line error."""
     answers = []
     for flags in ((), ("--compile",)):
         proc = chat_process(tiny_model_dir, "--temperature", "0", "--max-tokens", "6", "--weights", "bf16", *flags)
@@ -62,6 +62,11 @@ def test_compiled_decode_from_the_command_line(tiny_model_dir: Path):
     assert proc.returncode == 2 and err.strip().splitlines() == [
         "error: compile needs weights bf16, int8 or int4 (fp32 decodes through the model's own modules); set "
         "weights, or leave compile off"]
+    proc = chat_process(tiny_model_dir, "--weights", "bf16", "--compile",
+                        env={"CXX": str(tmp_path / "no-such-compiler"), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path)})
+    out, err = proc.communicate("", timeout=120)
+    assert proc.returncode == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("error: compiling the decode step failed") and "C++ compiler" in err
 
 
 def test_ctrl_c_stops_the_answer_and_the_session_goes_on(endless_dir: Path):
