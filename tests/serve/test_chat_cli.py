@@ -23,9 +23,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def chat_process(model_dir: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     code = "import sys; from gristmill.serve.chat_cli import main; sys.exit(main(sys.argv[1:]))"
+    # Ctrl-C as in a terminal: a test run started in the background (`make test &`) inherits SIGINT ignored,
+    # and Python then installs no KeyboardInterrupt handler at all
     return subprocess.Popen([sys.executable, "-c", code, str(model_dir), "--device", "cpu", *args],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+                            cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def test_piped_conversation_keeps_history_and_resets(tiny_model_dir: Path, loaded):
