@@ -13,7 +13,7 @@ from typing import Any
 
 from gristmill.curate import config as c
 from gristmill.curate.decontam import Decontaminate
-from gristmill.curate.dedup.exact import ExactDedup
+from gristmill.curate.dedup.exact import ExactDedup, UnitDedup
 from gristmill.curate.dedup.minhash import MinHashDedup
 from gristmill.curate.language import LanguageFilter
 from gristmill.curate.normalize import CleanWhitespace, NormalizeUnicode, StripGutenberg
@@ -52,7 +52,7 @@ BUILDERS: dict[type, Callable[[Any, BuildContext], Step]] = {
     c.C4Step: lambda s, b: C4Filter(s),
     c.FineWebStep: lambda s, b: FineWebFilter(s, b.views),
     c.PIIStep: lambda s, b: RedactPII(s),
-    c.ExactDedupStep: lambda s, b: ExactDedup(),
+    c.ExactDedupStep: lambda s, b: ExactDedup() if s.unit == "document" else UnitDedup(s.unit, s.min_chars),
     c.MinHashStep: lambda s, b: MinHashDedup(s, b.work_dir),
     c.DecontaminateStep: lambda s, b: Decontaminate(s, b.val_fraction, b.held_out, b.work_dir),
 }

@@ -441,6 +441,50 @@ def test_web_pages_under_the_web_kind(tmp_path):
     assert all(d.meta["language"] == "en" for d in train)
 
 
+def iana_pages(tmp_path: Path) -> StageContext:
+    from importlib import metadata
+
+    pytest.importorskip("fastwarc", reason="the web extra is not installed")
+    try:
+        files = [Path(str(f.locate())).resolve() for f in metadata.distribution("pywb").files or ()
+                 if str(f).endswith("sample_archive/warcs/iana.warc.gz")]
+    except metadata.PackageNotFoundError:
+        pytest.skip("pywb's sample archives are not installed (pip install --no-deps pywb==2.10.0)")
+    return collected(tmp_path, {"name": "web", "type": "warc", "path": str(files[0]), "main_content": False})
+
+
+@pytest.mark.parametrize("unit", ["line", "paragraph"])
+def test_line_and_paragraph_dedup_cut_what_earlier_pages_had(tmp_path, unit):
+    """The IANA pages of pywb's archive share their menus and footer: ``dedup`` with ``unit: line`` (or
+    ``paragraph``) keeps those on the first page and cuts them from the later ones, whose own text stays;
+    nothing at least ``min_chars`` long is left on two pages, nothing shorter is cut, and every page is kept or
+    dropped with a reason."""
+    ctx = iana_pages(tmp_path)
+    collected_pages = {d.id: d.text for d in read_documents(ctx.run_dir / "collect", "documents")}
+    steps = [{"type": "dedup", "unit": unit, "min_chars": 20}]
+    stats = run_prepare(ctx, validate(PrepareConfig, {"steps": steps, "val_fraction": 0.0}, "prepare"))
+    train, _, dropped = outputs(ctx)
+    assert len(train) + len(dropped) == len(collected_pages) > 10
+    assert all(r["reason"] == f"duplicate_{unit}s" for r in dropped)
+    split = (lambda t: t.split("\n")) if unit == "line" else (lambda t: t.split("\n\n"))
+    pages_of: dict[str, set[str]] = {}
+    for d in train:
+        for u in split(d.text):
+            if len(u.strip()) >= 20:
+                pages_of.setdefault(u.strip(), set()).add(d.id)
+    assert all(len(ids) == 1 for ids in pages_of.values())  # nothing long enough is on two pages
+    changed = [d for d in train if d.meta.get(f"duplicate_{unit}s_cut")]
+    assert len(changed) >= 5 and stats["steps"]["dedup"]["changed"] == len(changed)
+    first = train[0]
+    assert first.text == collected_pages[first.id]  # the first page keeps its menus
+    for d in changed:
+        before = [u.strip() for u in split(collected_pages[d.id]) if u.strip()]
+        after = [u.strip() for u in split(d.text) if u.strip()]
+        gone = [u for u in before if u not in after]
+        assert len(gone) >= d.meta[f"duplicate_{unit}s_cut"] > 0 and all(len(u) >= 20 for u in gone)
+        assert [u for u in before if len(u) < 20] == [u for u in after if len(u) < 20]  # short ones all stay
+
+
 def test_recipe_checks_name_the_key_before_anything_runs(tmp_path, monkeypatch):
     import sys
 
