@@ -169,6 +169,15 @@ def _serve_config(args: argparse.Namespace):
     return validate(ServeConfig, data, "serve options")
 
 
+def _engine_args(p: argparse.ArgumentParser, weights: str | None = "auto") -> None:
+    """The inference engine's flags (serve, chat, generate)."""
+    p.add_argument("--weights", choices=("auto", "fp32", "bf16", "int8", "int4"), default=weights,
+                   help="weight format (default auto: the fastest whose perplexity is within 1%% of fp32's; "
+                        "int8 and int4 run on the CPU only)")
+    p.add_argument("--compile", action="store_const", const=True, default=None if weights is None else False,
+                   help="decode single streams through torch.compile (faster per token; compiles at start-up)")
+
+
 def _serve_args(p: argparse.ArgumentParser) -> None:
     _model_args(p)
     p.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
@@ -178,11 +187,7 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
                         "(or set GRISTMILL_API_KEY)")
     p.add_argument("--max-batch", dest="max_batch", type=int, help="most sequences decoded together")
     p.add_argument("--max-queue", dest="max_queue", type=int, help="most requests waiting; more get 503")
-    p.add_argument("--weights", choices=("auto", "fp32", "bf16", "int8", "int4"),
-                   help="weight format (default auto: the fastest whose perplexity is within 1%% of fp32's; "
-                        "int8 and int4 run on the CPU only)")
-    p.add_argument("--compile", action="store_const", const=True,
-                   help="decode single streams through torch.compile (faster per token; compiles at start-up)")
+    _engine_args(p, weights=None)
     p.add_argument("--no-merge", dest="merge_adapter", action="store_const", const=False,
                    help="serve a LoRA adapter folder as base + adapter layers instead of merging them at load")
     p.add_argument("--api-key", dest="api_key", help="the key itself (visible to other users in the process "
@@ -211,13 +216,15 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=50)
     p.add_argument("--top-p", type=float)
     p.add_argument("--seed", type=int)
+    _engine_args(p)
 
 
 @command("generate", "sample text from a model on the command line (streams to stdout)", _generate_args)
 def cmd_generate(args: argparse.Namespace) -> int:
     from gristmill.errors import InputError
+    from gristmill.inference.engine import Engine, EngineConfig
     from gristmill.inference.sampling import SamplingParams
-    from gristmill.inference.stream import stream
+    from gristmill.inference.stream import encode_prompt, fit_prompt
     from gristmill.model.io import load_for_inference, resolve_model_dir
     from gristmill.runtime import resolve_device
 
@@ -235,10 +242,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
                                 top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     except ValueError as e:
         raise InputError(str(e)) from None
-    if not args.chat:
-        print(args.prompt, end="", flush=True)
-    for delta in stream(model, tokenizer, prompt, params, truncate=True):
-        print(delta, end="", flush=True)
+    with Engine(model, tokenizer, EngineConfig(max_batch=1, max_queue=1, weights=args.weights,
+                                               compile=args.compile)) as engine:
+        ids = fit_prompt(encode_prompt(tokenizer, prompt), engine.context_length, truncate=True)
+        engine.start()  # (compiles, with --compile) before the prompt is echoed
+        if not args.chat:
+            print(args.prompt, end="", flush=True)
+        for delta in engine.submit(ids, params):
+            print(delta.text, end="", flush=True)
     print()
     return 0
 
@@ -250,11 +261,7 @@ def _chat_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--seed", type=int)
-    p.add_argument("--weights", choices=("auto", "fp32", "bf16", "int8", "int4"), default="auto",
-                   help="weight format (default auto: the fastest whose perplexity is within 1%% of fp32's; "
-                        "int8 and int4 run on the CPU only)")
-    p.add_argument("--compile", action="store_true",
-                   help="decode through torch.compile (faster per token; compiles at start-up)")
+    _engine_args(p)
 
 
 @command("chat", "talk with a model in the terminal (/reset, /exit)", _chat_args)
