@@ -31,8 +31,9 @@ class WebTextOptions(Config):
     main_content: bool = True
     """With ``resiliparse``: keep only the main content (navigation, menus, sidebars and footers found by
     resiliparse's heuristics are left out). False: every visible text block except ``<nav>``, ``<header>``,
-    ``<footer>``, ``<aside>``, forms and hidden elements, about 2.5 times faster (the way to 1,000+ pages a
-    second per core). trafilatura always keeps the main content."""
+    ``<footer>``, ``<aside>``, forms and hidden elements: on pywb's sample pages the extraction is 2.4 times
+    as fast (1,200 pages per CPU second against 490) and the reader 1.7 times (700 pages a second per core
+    against 400). trafilatura always keeps the main content."""
     min_chars: int = Field(1, ge=1, le=1_000_000)
     """Pages whose extracted text has fewer characters than this are quarantined as ``empty``."""
     mime_types: list[str] = Field(default_factory=lambda: list(DEFAULT_MIME_TYPES), min_length=1)
