@@ -124,8 +124,8 @@ def main() -> None:
             rows[f"gristmill engine ({fmt})"] = (single, decode_rate(batch, args.tokens, args.batch))
             print(f"  gristmill {fmt}: batch {args.batch} {rows[f'gristmill engine ({fmt})'][1]:.1f} tok/s, "
                   f"perplexity {ppl[fmt]:.3f}", flush=True)
-        if fmt.split("=")[-1] in args.compiled.split(",") or fmt.startswith("auto") and "auto" in args.compiled:
-            name = fmt.split("=")[-1]
+        asked, name = fmt.split("=")[0], fmt.split("=")[-1]  # "auto=int4": asked for auto, runs int4
+        if asked in args.compiled.split(","):
             with Engine(model, tok, EngineConfig(max_batch=args.batch, max_queue=args.batch, weights=name,
                                                  compile=True)) as engine:
                 t = time.perf_counter()

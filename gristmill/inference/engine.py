@@ -477,7 +477,8 @@ class Engine:
         self.blocks = [PackedBlock(b, self.weights) for b in model.blocks]
         head = model.lm_head.weight if model.lm_head is not None else model.tok_emb.weight  # [V,C]
         self.head = PackedLinear(head, head_format(self.weights))
-        act = model.tok_emb.weight.dtype if self.weights == "fp32" else torch.bfloat16  # q and k's dtype
+        # the model's own dtype in fp32, else bf16: of the matrix outputs (so of q and k) and of the KV cache
+        act = model.tok_emb.weight.dtype if self.weights == "fp32" else torch.bfloat16
         self._decode_layers = [
             (i, b.qkv, b.wo, b.mlp, _norm_of(b.attn_norm), _norm_of(b.mlp_norm), _norm_of(b.q_norm, act),
              _norm_of(b.k_norm, act), b.n_head, b.n_kv, b.hd) for i, b in enumerate(self.blocks)]
@@ -491,9 +492,8 @@ class Engine:
         """Whether single streams decode through the compiled step (``compile``, unless ``auto`` weights
         came out fp32)."""
         self._compiled: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
-        dtype = model.tok_emb.weight.dtype if self.weights == "fp32" else torch.bfloat16
         self.cache = SlotCache(mc.n_layer, self.config.max_batch, mc.kv_heads, mc.head_dim, self.context_length,
-                               self.device, dtype)
+                               self.device, act)
         self._cv = threading.Condition()
         self._waiting: deque[RequestHandle] = deque()  # guarded by _cv
         self._cancelled: list[RequestHandle] = []  # guarded by _cv

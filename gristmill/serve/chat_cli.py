@@ -10,9 +10,7 @@ Generation runs on the same :class:`~gristmill.inference.engine.Engine` the serv
 
 from __future__ import annotations
 
-import argparse
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
@@ -133,33 +131,3 @@ def chat(run_or_model_dir: Path, device: str = "auto", system: str | None = None
             if reply.strip():  # an empty answer is not kept, so the user may rephrase
                 history = messages + [{"role": "assistant", "content": reply}]
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m gristmill.serve.chat_cli RUN_OR_MODEL [--system TEXT] ...``: one line per error, exit 2."""
-    p = argparse.ArgumentParser(prog="gristmill chat", description="talk with a model in the terminal")
-    p.add_argument("path", help="a run directory (runs/<name>) or a model directory")
-    p.add_argument("--model", choices=("auto", "train", "finetune", "base"), default="auto",
-                   help="which model of a run (default: the fine-tuned one if there is one)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--system", help="a system message that starts the conversation")
-    p.add_argument("--max-tokens", type=int, default=256, help="most tokens per answer")
-    p.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
-    p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--weights", choices=("auto", "fp32", "bf16", "int8", "int4"), default="auto",
-                   help="weight format (default auto: the fastest whose perplexity is within 1%% of fp32's; "
-                        "int8 and int4 run on the CPU only)")
-    p.add_argument("--compile", action="store_true",
-                   help="decode through torch.compile (faster per token; compiles at start-up)")
-    args = p.parse_args(argv)
-    try:
-        return chat(Path(args.path), args.device, args.system, model=args.model, max_tokens=args.max_tokens,
-                    temperature=args.temperature, top_p=args.top_p, seed=args.seed, weights=args.weights,
-                    compile=args.compile)
-    except GristmillError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

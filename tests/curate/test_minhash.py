@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from gristmill.curate.dedup.lsh import Buckets, MinHasher, clusters, estimate_jaccard, has_shingles
+from gristmill.curate.dedup.lsh import (
+    Buckets,
+    MinHasher,
+    _band_pairs,
+    clusters,
+    estimate_jaccard,
+    has_shingles,
+)
 from gristmill.curate.dedup.minhash import MinHashDedup, MinHashStep, jaccard, word_ngrams
 from gristmill.data.step import StepStats, counted
 from gristmill.formats.document import Document, Provenance
@@ -156,14 +163,8 @@ def in_memory_reference(docs: list[Document]) -> tuple[list[str], dict[str, str]
     present = has_shingles(sigs)
     keys = hasher.band_keys(sigs)[present]
     index = np.repeat(np.flatnonzero(present), keys.shape[1])
-    keys = keys.reshape(-1)
-    order = np.argsort(keys, kind="stable")
-    keys, index = keys[order], index[order]
-    opens = np.ones(len(keys), dtype=bool)
-    opens[1:] = keys[1:] != keys[:-1]
-    head = index[np.maximum.accumulate(np.where(opens, np.arange(len(keys)), 0))]
-    pairs = np.stack([head[~opens], index[~opens]], axis=1)
-    roots = clusters(np.unique(pairs[pairs[:, 0] != pairs[:, 1]], axis=0), len(docs))
+    pairs = _band_pairs(keys.reshape(-1), index)  # every band's keys at once, in memory
+    roots = clusters(np.unique(pairs, axis=0), len(docs))
     found: dict[str, list[str]] = {}
     for i, r in enumerate(roots.tolist()):
         if r != i:

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def chat_process(model_dir: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-    code = "import sys; from gristmill.serve.chat_cli import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; from gristmill.cli import main; sys.exit(main(['chat', *sys.argv[1:]]))"
     # Ctrl-C as in a terminal: a test run started in the background (`make test &`) inherits SIGINT ignored,
     # and Python then installs no KeyboardInterrupt handler at all
     return subprocess.Popen([sys.executable, "-c", code, str(model_dir), "--device", "cpu", *args],
@@ -63,13 +63,13 @@ def test_compiled_decode_from_the_command_line(tiny_model_dir: Path, tmp_path: P
     proc = chat_process(tiny_model_dir, "--weights", "fp32", "--compile")
     out, err = proc.communicate("", timeout=120)
     assert proc.returncode == 2 and err.strip().splitlines() == [
-        "error: compile needs weights bf16, int8 or int4 (fp32 decodes through the model's own modules); set "
+        "gristmill: error: compile needs weights bf16, int8 or int4 (fp32 decodes through the model's own modules); set "
         "weights, or leave compile off"]
     proc = chat_process(tiny_model_dir, "--weights", "bf16", "--compile",
                         env={"CXX": str(tmp_path / "no-such-compiler"), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path)})
     out, err = proc.communicate("", timeout=120)
     assert proc.returncode == 2 and len(err.strip().splitlines()) == 1, err
-    assert err.startswith("error: compiling the decode step failed") and "C++ compiler" in err
+    assert err.startswith("gristmill: error: compiling the decode step failed") and "C++ compiler" in err
 
 
 def test_ctrl_c_stops_the_answer_and_the_session_goes_on(endless_dir: Path):
